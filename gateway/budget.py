@@ -1,0 +1,294 @@
+"""Budgets that hold: reserve the upper bound before calling upstream, settle the actual after.
+
+One ``reserve`` per request checks every scope (team, key) and the RPM/TPM limits in one atomic
+store operation (one Lua script on Redis). The upper bound is strict: the prompt part is an
+exact count or a byte-length bound (a byte-level BPE token covers at least one byte), the output
+part is ``max_tokens`` or, when the client sent none, whatever the tightest scope can still pay
+for (capped at the model's max output) and that cap is injected into the upstream request.
+
+When the store is unreachable the team's ``on_store_error`` decides: ``fail_closed`` answers 503;
+``fail_open`` serves under a per-process guard of ``limit / expected_replicas`` and queues the
+spend, which is reconciled into the store (deduplicated by request id) when it comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway.config.runtime import UNLIMITED, BudgetSpec, Principal
+from gateway.errors import BudgetExceeded, RateLimited, StoreUnavailable
+from gateway.metering.pricing import Rates, nano_to_usd_str
+from gateway.observability.metrics import Metrics
+from gateway.periods import period_bounds, seconds_until_reset
+from gateway.store.base import (
+    RateLimit,
+    ReserveRequest,
+    ReserveResult,
+    ScopeLimit,
+    Settlement,
+    Store,
+    StoreError,
+)
+
+log = logging.getLogger("gateway.budget")
+
+
+@dataclass(slots=True)
+class Reservation:
+    lease_id: str
+    team: str
+    scopes: list[ScopeLimit]
+    out_tokens: int  # the output cap this reservation pays for
+    reserved_nano: int
+    reserved_tokens: int
+    remaining_nano: int
+    mode: str  # "store" | "local" (fail-open guard) | "none" (no budget, no limits)
+    rate_remaining: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Ask:
+    """What one request wants to reserve, priced with one deployment's rates."""
+
+    lease_id: str
+    prompt_tokens_bound: int
+    out_tokens_max: int
+    flexible: bool  # the client gave no max_tokens: the output cap may shrink to fit
+    rates: Rates
+    intent: dict[str, Any]
+    lease_ttl_ms: int
+
+
+def _scope_limits(spec: BudgetSpec | None, scope: str, now: datetime) -> ScopeLimit | None:
+    if spec is None:
+        return None
+    period_id, _, _ = period_bounds(spec.period, now)
+    return ScopeLimit(scope=scope, period=period_id, usd_limit_nano=spec.usd_nano, token_limit=spec.tokens)
+
+
+def scopes_for(principal: Principal, now: datetime) -> list[ScopeLimit]:
+    scopes = [
+        _scope_limits(principal.team.budget, f"team:{principal.team.name}", now),
+        _scope_limits(principal.budget, f"key:{principal.key_id}", now),
+    ]
+    return [s for s in scopes if s is not None]
+
+
+def rate_limits_for(principal: Principal, now_s: float) -> list[RateLimit]:
+    window = int(now_s // 60)
+    out = []
+    for kind, team_limit, key_limit in (("rpm", principal.team.rpm, principal.rpm),
+                                        ("tpm", principal.team.tpm, principal.tpm)):
+        if team_limit:
+            out.append(RateLimit(kind, f"team:{principal.team.name}", team_limit, window))
+        if key_limit:
+            out.append(RateLimit(kind, f"key:{principal.key_id}", key_limit, window))
+    return out
+
+
+class _LocalGuard:
+    """Fail-open spend cap for one process while the store is down: limit / expected replicas."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, int] = {}  # counter -> nano spent or reserved locally
+
+    def reserve(self, scopes: list[ScopeLimit], cost: int, replicas: int) -> bool:
+        for s in scopes:
+            if s.usd_limit_nano != UNLIMITED and self.spent.get(s.counter, 0) + cost > s.usd_limit_nano // replicas:
+                return False
+        for s in scopes:
+            self.spent[s.counter] = self.spent.get(s.counter, 0) + cost
+        return True
+
+    def adjust(self, scopes: list[ScopeLimit], delta: int) -> None:
+        for s in scopes:
+            self.spent[s.counter] = max(0, self.spent.get(s.counter, 0) + delta)
+
+
+class BudgetManager:
+    def __init__(self, store: Store, metrics: Metrics, expected_replicas: int = 1) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.replicas = expected_replicas
+        self.guard = _LocalGuard()
+        self.pending: deque[tuple[str, dict[str, Any], int, int, list[ScopeLimit]]] = deque()
+        self.pending_settles: deque[Settlement] = deque()
+        self.utilization: dict[str, float] = {}  # team -> last known share of its budget used
+        self._crossed: dict[str, float] = {}
+        self._reconciler: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ reserve
+
+    async def reserve(self, principal: Principal, ask: Ask, now: datetime | None = None) -> Reservation:
+        now = now or datetime.now(UTC)
+        scopes = scopes_for(principal, now)
+        limits = rate_limits_for(principal, now.timestamp())
+        rates = ask.rates
+        fixed_nano = -(-ask.prompt_tokens_bound * max(rates.input, rates.cached_input, rates.cache_write) // 1000)
+        out_price = max(rates.output, rates.reasoning)
+        if not scopes and not limits:
+            return Reservation(ask.lease_id, principal.team.name, [], ask.out_tokens_max, 0, 0, UNLIMITED, "none")
+        req = ReserveRequest(
+            team=principal.team.name, lease_id=ask.lease_id, now_ms=int(now.timestamp() * 1000),
+            lease_ttl_ms=ask.lease_ttl_ms, scopes=scopes, fixed_nano=fixed_nano,
+            fixed_tokens=ask.prompt_tokens_bound, out_price_pico=out_price, out_tokens_max=ask.out_tokens_max,
+            out_tokens_min=1 if ask.flexible and ask.out_tokens_max > 0 else ask.out_tokens_max,
+            rate_limits=limits, intent=ask.intent,
+        )
+        try:
+            result = await self.store.reserve(req)
+        except StoreError as exc:
+            self.metrics.store_errors.labels("reserve").inc()
+            return self._fail_open(principal, req, exc)
+        if not result.ok:
+            raise self._denial(principal, result, scopes, limits, now)
+        self._note_utilization(principal, scopes, result)
+        return Reservation(ask.lease_id, principal.team.name, scopes, result.out_tokens, result.reserved_nano,
+                           result.reserved_tokens, result.remaining_nano, "store", result.rate_remaining)
+
+    def _fail_open(self, principal: Principal, req: ReserveRequest, exc: Exception) -> Reservation:
+        if principal.team.on_store_error != "fail_open":
+            raise StoreUnavailable(
+                "the budget store is unavailable and this team fails closed; retry shortly",
+                headers={"Retry-After": "1"},
+            ) from exc
+        out = req.out_tokens_max
+        cost = req.fixed_nano + -(-out * req.out_price_pico // 1000)
+        if not self.guard.reserve(req.scopes, cost, self.replicas):
+            self.metrics.budget_denied.labels(principal.team.name, "fail_open_guard").inc()
+            raise BudgetExceeded("budget guard reached while the budget store is unavailable",
+                                 headers={"x-should-retry": "false"})
+        self.metrics.fail_open.labels(principal.team.name).inc()
+        log.warning("store unavailable, serving team %s under the fail-open guard: %s", principal.team.name, exc)
+        return Reservation(req.lease_id, req.team, req.scopes, out, cost, req.fixed_tokens + out, UNLIMITED, "local")
+
+    def _denial(self, principal: Principal, result: ReserveResult, scopes: list[ScopeLimit],
+                limits: list[RateLimit], now: datetime) -> Exception:
+        team = principal.team.name
+        if result.reason in ("rpm", "tpm"):
+            self.metrics.rate_limited.labels(team, result.reason).inc()
+            reset_s = 60 - int(now.timestamp()) % 60
+            headers = {"Retry-After": str(reset_s)}
+            for rl in limits:
+                if rl.scope == result.scope or rl.scope.startswith("team:"):
+                    noun = "requests" if rl.kind == "rpm" else "tokens"
+                    headers[f"x-ratelimit-limit-{noun}"] = str(rl.limit)
+                    headers[f"x-ratelimit-remaining-{noun}"] = str(result.rate_remaining.get(f"{rl.kind}:{rl.scope}", 0))
+                    headers[f"x-ratelimit-reset-{noun}"] = f"{reset_s}s"
+            return RateLimited(f"rate limit exceeded: {result.reason} for {result.scope}", headers=headers)
+        self.metrics.budget_denied.labels(team, result.reason or "usd").inc()
+        spec = principal.budget if result.scope.startswith("key:") else principal.team.budget
+        headers = {"x-should-retry": "false"}
+        reset = seconds_until_reset(spec.period, now) if spec else None
+        if reset is not None:
+            headers["Retry-After"] = str(reset)
+        remaining = "unlimited" if result.remaining_nano == UNLIMITED else nano_to_usd_str(result.remaining_nano)
+        what = "token" if result.reason == "tokens" else "USD"
+        return BudgetExceeded(
+            f"{what} budget exceeded for {result.scope} (remaining {remaining} USD); "
+            f"the budget resets in {reset}s" if reset else f"{what} budget exceeded for {result.scope}",
+            headers=headers,
+        )
+
+    def _note_utilization(self, principal: Principal, scopes: list[ScopeLimit], result: ReserveResult) -> None:
+        team_scope = next((s for s in scopes if s.scope.startswith("team:")), None)
+        if team_scope is None or team_scope.usd_limit_nano <= 0 or result.remaining_nano == UNLIMITED:
+            return
+        used = 1 - max(0, result.remaining_nano) / team_scope.usd_limit_nano
+        self.utilization[principal.team.name] = used
+        self._check_thresholds(principal, team_scope, used)
+
+    def _check_thresholds(self, principal: Principal, scope: ScopeLimit, used: float) -> None:
+        spec = principal.team.budget
+        if spec is None:
+            return
+        key = f"{scope.counter}"
+        last = self._crossed.get(key, 0.0)
+        for threshold in spec.thresholds:
+            if last < threshold <= used:
+                self.metrics.budget_thresholds.labels(principal.team.name, scope.scope, f"{threshold:g}").inc()
+                log.warning("budget threshold crossed", extra={"event": "budget_threshold", "team": principal.team.name,
+                                                               "scope": scope.scope, "threshold": threshold,
+                                                               "utilization": round(used, 4)})
+        if used > last:
+            self._crossed[key] = used
+
+    # ------------------------------------------------------------------ settle
+
+    async def settle(self, res: Reservation, cost_nano: int, tokens: int, record: dict[str, Any]) -> None:
+        """Off the response's critical path. Never loses a record: failures are queued and retried."""
+        if res.mode == "local":
+            self.guard.adjust(res.scopes, cost_nano - res.reserved_nano)
+            self._queue_record(res.team, record, cost_nano, tokens, res.scopes)
+            return
+        if res.mode == "none":
+            self._queue_record(res.team, record, cost_nano, tokens, [])
+            return
+        settlement = Settlement(team=res.team, lease_id=res.lease_id, cost_nano=cost_nano, tokens=tokens,
+                                record=record, now_ms=int(time.time() * 1000))
+        try:
+            settled = await self.store.settle(settlement)
+        except StoreError as exc:
+            self.metrics.store_errors.labels("settle").inc()
+            log.warning("settle failed, queued for retry: %s", exc)
+            self.pending_settles.append(settlement)
+            self._ensure_reconciler()
+            return
+        if not settled:
+            log.warning("lease %s had already expired into spend; actual cost %s not applied twice",
+                        res.lease_id, nano_to_usd_str(cost_nano))
+
+    async def record(self, team: str, record: dict[str, Any], cost_nano: int, tokens: int,
+                     scopes: list[ScopeLimit]) -> None:
+        """A charge without a lease (cache hits at $0, denials): deduplicated by request id."""
+        try:
+            await self.store.record(team, record, cost_nano, tokens, scopes)
+        except StoreError:
+            self.metrics.store_errors.labels("record").inc()
+            self._queue_record(team, record, cost_nano, tokens, scopes)
+
+    def _queue_record(self, team: str, record: dict[str, Any], cost: int, tokens: int,
+                      scopes: list[ScopeLimit]) -> None:
+        self.pending.append((team, record, cost, tokens, scopes))
+        self._ensure_reconciler()
+
+    def _ensure_reconciler(self) -> None:
+        self.metrics.ledger_pending.labels().set(len(self.pending) + len(self.pending_settles))
+        if self._reconciler is None or self._reconciler.done():
+            self._reconciler = asyncio.get_running_loop().create_task(self._reconcile(), name="budget-reconcile")
+
+    async def _reconcile(self) -> None:
+        delay = 0.05
+        while self.pending or self.pending_settles:
+            try:
+                await self.flush_once()
+                delay = 0.05
+            except StoreError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.metrics.ledger_pending.labels().set(0)
+
+    async def flush_once(self) -> None:
+        while self.pending_settles:
+            await self.store.settle(self.pending_settles[0])
+            self.pending_settles.popleft()
+        while self.pending:
+            team, record, cost, tokens, scopes = self.pending[0]
+            await self.store.record(team, record, cost, tokens, scopes)
+            self.pending.popleft()
+            if scopes:
+                self.guard.adjust(scopes, -cost)  # now counted in the store, not only here
+        self.metrics.ledger_pending.labels().set(0)
+
+    async def drain(self, timeout: float) -> None:
+        """Graceful shutdown: write what is queued, within the deadline."""
+        if self._reconciler is not None:
+            with contextlib.suppress(TimeoutError, StoreError):
+                await asyncio.wait_for(asyncio.shield(self._reconciler), timeout)

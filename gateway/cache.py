@@ -1,0 +1,160 @@
+"""Exact-match response cache, isolated per team, with streaming replay and stampede protection.
+
+Key: sha256 over the canonical (sorted-key orjson) form of every request field that can change
+the output, plus the namespace (the team, or an explicit shared group), the client's wire
+format, the operation and the *logical model that will serve*. Left out because they cannot
+change the output: ``model`` (replaced by the serving model), ``stream``, ``stream_options``,
+``user``, ``metadata``, ``store``, ``service_tier``, ``parallel_tool_calls`` is kept (it changes
+output), request ids travel in headers and are never part of the body.
+
+Cacheability under ``auto``: the output must be reproducible enough to reuse: ``temperature``
+is 0 or a ``seed`` is set, ``n`` is absent or 1, and embeddings (deterministic) always qualify.
+``always`` caches every request except ``n`` > 1. ``off`` never caches. A client steers it with
+``Cache-Control: no-store`` (bypass entirely), ``no-cache`` (skip the read, refresh the entry) and
+``x-gateway-cache-ttl: SECONDS``.
+
+Stampede protection: identical concurrent misses in one process wait for the first one
+(an ``asyncio.Future`` per key). Across replicas a short store lock (SET NX PX) makes the others
+poll the entry for at most ``lock_wait_ms`` before going upstream themselves: a bounded wait
+traded for a possible duplicate upstream call when the leader is slow or dies.
+
+Failures: any store error is counted and treated as a miss; the cache never fails a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from gateway import jsonutil
+from gateway.cache_codec import CacheEntry, decode_entry, encode_entry
+from gateway.config.model import CacheConfig, CacheSettings
+from gateway.config.runtime import CachePolicy
+from gateway.observability.metrics import Metrics
+from gateway.store.base import Store, StoreError
+
+log = logging.getLogger("gateway.cache")
+
+NON_OUTPUT_FIELDS = frozenset({"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"})
+_LOCK_POLL_S = 0.02
+
+
+@dataclass(slots=True)
+class CacheDecision:
+    read: bool
+    write: bool
+    ttl_s: int
+    namespace: str
+    reason: str  # why it bypasses, for logs
+
+
+def decide(policy: CachePolicy, override: CacheSettings | None, body: dict[str, Any], operation: str,
+           headers: Mapping[str, str], max_ttl_s: int = 30 * 86400) -> CacheDecision:
+    mode = (override.mode if override and override.mode else None) or policy.mode
+    ttl = (override.ttl_s if override and override.ttl_s else None) or policy.ttl_s
+    namespace = f"group:{override.group}" if override and override.group else policy.namespace
+    control = headers.get("cache-control", "").lower()
+    if mode == "off":
+        return CacheDecision(False, False, ttl, namespace, "off")
+    if "no-store" in control:
+        return CacheDecision(False, False, ttl, namespace, "no-store")
+    n = body.get("n")
+    if isinstance(n, int) and n > 1:
+        return CacheDecision(False, False, ttl, namespace, "n>1")
+    if mode == "auto" and operation != "embeddings" and body.get("temperature") != 0 \
+            and body.get("seed") is None:
+        return CacheDecision(False, False, ttl, namespace, "nondeterministic")
+    raw_ttl = headers.get("x-gateway-cache-ttl")
+    if raw_ttl:
+        try:
+            ttl = max(1, min(int(raw_ttl), max_ttl_s))
+        except ValueError:
+            pass
+    return CacheDecision("no-cache" not in control, True, ttl, namespace, "")
+
+
+def cache_key(namespace: str, inbound: str, operation: str, model: str, body: dict[str, Any]) -> str:
+    relevant = {k: v for k, v in body.items() if k not in NON_OUTPUT_FIELDS}
+    material = jsonutil.dumps_sorted([namespace, inbound, operation, model, relevant])
+    return hashlib.sha256(material).hexdigest()
+
+
+class ResponseCache:
+    def __init__(self, store: Store, cfg: CacheConfig, metrics: Metrics) -> None:
+        self.store = store
+        self.cfg = cfg
+        self.metrics = metrics
+        self._inflight: dict[str, asyncio.Future[CacheEntry | None]] = {}
+
+    def _slot(self, namespace: str) -> str:
+        # The namespace is the hash tag: a team's entries share its Redis Cluster slot.
+        return namespace
+
+    async def get(self, namespace: str, key: str, team: str) -> CacheEntry | None:
+        try:
+            raw = await self.store.cache_get(self._slot(namespace), key)
+        except StoreError as exc:
+            self.metrics.cache_errors.labels("get").inc()
+            log.warning("cache read failed (serving from upstream): %s", exc)
+            return None
+        if raw is None:
+            return None
+        try:
+            return decode_entry(raw)
+        except ValueError:
+            self.metrics.cache_errors.labels("decode").inc()
+            return None
+
+    async def put(self, namespace: str, key: str, entry: CacheEntry, ttl_s: int) -> None:
+        data = encode_entry(entry, self.cfg.compress_min_bytes)
+        if len(data) > self.cfg.max_entry_bytes:
+            return
+        try:
+            await self.store.cache_set(self._slot(namespace), key, data, ttl_s)
+        except StoreError as exc:
+            self.metrics.cache_errors.labels("set").inc()
+            log.warning("cache write failed: %s", exc)
+
+    # ------------------------------------------------------------------ stampede protection
+
+    def follower_of(self, key: str) -> asyncio.Future[CacheEntry | None] | None:
+        """If an identical miss is already in flight in this process, the future to wait on."""
+        return self._inflight.get(key)
+
+    def lead(self, key: str) -> None:
+        self._inflight[key] = asyncio.get_running_loop().create_future()
+
+    def finish(self, key: str, entry: CacheEntry | None) -> None:
+        future = self._inflight.pop(key, None)
+        if future is not None and not future.done():
+            future.set_result(entry)
+
+    async def wait_for_peer(self, namespace: str, key: str, team: str) -> CacheEntry | None:
+        """Cross-replica: take the lock, or poll for the holder's entry up to ``lock_wait_ms``."""
+        if self.cfg.lock_wait_ms <= 0:
+            return None
+        ttl = self.cfg.lock_wait_ms * 2
+        try:
+            if await self.store.cache_lock(self._slot(namespace), key, ttl):
+                return None  # we lead: go upstream
+        except StoreError:
+            self.metrics.cache_errors.labels("lock").inc()
+            return None
+        deadline = time.monotonic() + self.cfg.lock_wait_ms / 1000
+        while time.monotonic() < deadline:
+            await asyncio.sleep(_LOCK_POLL_S)
+            entry = await self.get(namespace, key, team)
+            if entry is not None:
+                return entry
+        return None
+
+    async def release(self, namespace: str, key: str) -> None:
+        try:
+            await self.store.cache_unlock(self._slot(namespace), key)
+        except StoreError:
+            self.metrics.cache_errors.labels("unlock").inc()

@@ -1,0 +1,1 @@
+"""Typed configuration: YAML with line tracking, ${ENV} interpolation, validation at load time."""

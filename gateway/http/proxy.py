@@ -1,0 +1,136 @@
+"""The LLM endpoints: read and check the body, run the pipeline, write the reply or the stream.
+
+Every failure leaves in the caller's wire format; nothing below this module ever produces a
+500 with a traceback: an unexpected exception is logged with its request id and answered as
+a generic error in the right shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import Any
+
+from aiohttp import web
+
+from gateway import jsonutil
+from gateway.core import Gateway
+from gateway.errors import AuthenticationFailed, BodyTooLarge, GatewayError, InvalidRequest
+from gateway.http.errors import render
+from gateway.pipeline import Reply, RequestContext, StreamReply
+from gateway.shapes import CHECKS
+
+log = logging.getLogger("gateway.access")
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
+
+_SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
+                "x-accel-buffering": "no"}
+
+
+def request_id_of(request: web.Request) -> str:
+    given = request.headers.get("x-request-id") or request.headers.get("request-id")
+    if given and len(given) <= 128 and given.isprintable():
+        return given
+    return "req_" + secrets.token_hex(12)
+
+
+def api_key_of(request: web.Request) -> str | None:
+    auth = request.headers.get("authorization")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        return token.strip() if scheme.lower() == "bearer" else None
+    return request.headers.get("x-api-key") or request.headers.get("api-key")
+
+
+async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+    length = request.content_length
+    if length is not None and length > limit:
+        raise BodyTooLarge(f"request body is {length} bytes; the limit is {limit}")
+    raw = await request.content.read(limit + 1)
+    if len(raw) > limit:
+        raise BodyTooLarge(f"request body exceeds the {limit}-byte limit")
+    if not raw:
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        body = jsonutil.loads(raw)
+    except jsonutil.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    return body
+
+
+def _id_headers(wire: str, request_id: str) -> dict[str, str]:
+    return {"request-id": request_id, "x-request-id": request_id} if wire == "anthropic" \
+        else {"x-request-id": request_id}
+
+
+def error_response(err: GatewayError, wire: str, request_id: str) -> web.Response:
+    status, body, headers = render(err, wire, request_id)
+    headers.update(_id_headers(wire, request_id))
+    return web.Response(status=status, body=body, content_type="application/json", headers=headers)
+
+
+async def handle_llm(request: web.Request, wire: str, operation: str) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
+    request_id = request_id_of(request)
+    ctx: RequestContext | None = None
+    try:
+        body = await read_json(request, gateway.config.source.server.max_body_bytes)
+        key = api_key_of(request)
+        if not key:  # auth before the shape check: an anonymous caller learns nothing
+            raise AuthenticationFailed("missing API key: send `Authorization: Bearer <virtual key>`")
+        CHECKS[(wire, operation)](body)
+        ctx = RequestContext(request_id=request_id, inbound=wire, operation=operation, body=body,
+                             headers=request.headers, api_key=key)  # type: ignore[arg-type]
+        result = await gateway.pipeline.handle(ctx)
+    except GatewayError as err:
+        _access_log(ctx, request_id, err.status, wire, err.message)
+        return error_response(err, wire, request_id)
+    except Exception:
+        log.exception("unexpected error", extra={"request_id": request_id})
+        return error_response(GatewayError("internal gateway error"), wire, request_id)
+    headers = {**result.headers, **_id_headers(wire, request_id)}
+    if isinstance(result, Reply):
+        _access_log(ctx, request_id, result.status, wire)
+        return web.Response(status=result.status, body=result.body, content_type="application/json",
+                            headers=headers)
+    return await _write_stream(request, result, headers, ctx, request_id, wire)
+
+
+async def _write_stream(request: web.Request, result: StreamReply, headers: dict[str, str],
+                        ctx: RequestContext | None, request_id: str, wire: str) -> web.StreamResponse:
+    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
+    chunks = result.chunks
+    try:
+        await response.prepare(request)
+        async for chunk in chunks:
+            await response.write(chunk)
+    except (ConnectionResetError, asyncio.CancelledError):
+        # The client went away: stop reading upstream (closing the generator closes the upstream
+        # connection) and settle what was delivered.
+        await chunks.aclose()  # type: ignore[attr-defined]
+        _access_log(ctx, request_id, 499, wire, "client disconnected")
+        raise
+    _access_log(ctx, request_id, ctx.status if ctx else 200, wire)
+    return response
+
+
+def _access_log(ctx: RequestContext | None, request_id: str, status: int, wire: str, error: str = "") -> None:
+    if not log.isEnabledFor(logging.INFO):
+        return
+    extra: dict[str, Any] = {"request_id": request_id, "status": status, "wire": wire}
+    if ctx is not None:
+        extra.update(
+            team=ctx.principal.team.name if ctx.principal else None,
+            key_id=ctx.principal.key_id if ctx.principal else None,
+            operation=ctx.operation, model=ctx.requested_model, route=ctx.route,
+            served=ctx.served.logical if ctx.served else None, cache=ctx.cache,
+            cost_nano=ctx.cost_nano, latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
+            upstream_ms=round(ctx.upstream_s * 1000, 3),
+        )
+    if error or (ctx is not None and ctx.error):
+        extra["error"] = error or (ctx.error if ctx else "")
+    log.info("request", extra=extra)

@@ -1,0 +1,1 @@
+"""Token counting, pricing and the spend ledger."""

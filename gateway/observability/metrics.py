@@ -1,0 +1,137 @@
+"""Prometheus metrics: ``llm_gateway_`` prefix, base units, bounded labels only.
+
+Label values use the OpenTelemetry GenAI vocabulary (provider = ``gen_ai.provider.name``,
+operation = ``gen_ai.operation.name``, token_type = input/output/cached_input/
+cache_creation_input/reasoning; https://opentelemetry.io/docs/specs/semconv/gen-ai/).
+Never a key, a user or a prompt as a label. Children are cached per label tuple so the hot
+path does a dict lookup, not prometheus-client's label validation.
+
+Multi-worker (``--workers N``): the server sets ``PROMETHEUS_MULTIPROC_DIR`` before this
+module is imported, counters and histograms sum across workers, gauges use ``mostrecent``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# OTel GenAI recommended buckets for gen_ai.client.operation.duration and time_to_first_chunk.
+DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0015, 0.002, 0.005, 0.01, 0.025, 0.1)
+TOKEN_TYPES = ("input", "output", "cached_input", "cache_creation_input", "reasoning")
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
+class _Cached:
+    """A metric plus a cache of its children: ``labels()`` costs a dict lookup on the hot path."""
+
+    def __init__(self, metric: Any) -> None:
+        self.metric = metric
+        self.children: dict[tuple[str, ...], Any] = {}
+
+    def labels(self, *values: str) -> Any:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = self.metric.labels(*values)
+        return child
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        gauge_mode = {"multiprocess_mode": "mostrecent"} if self.multiprocess else {}
+
+        def counter(name: str, doc: str, labels: tuple[str, ...]) -> _Cached:
+            return _Cached(Counter(name, doc, labels, registry=r))
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...]) -> _Cached:
+            return _Cached(Gauge(name, doc, labels, registry=r, **gauge_mode))  # type: ignore[arg-type]
+
+        def histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> _Cached:
+            return _Cached(Histogram(name, doc, labels, registry=r, buckets=buckets))
+
+        self.requests = counter("llm_gateway_requests", "Requests handled, by outcome.",
+                                ("team", "route", "model", "provider", "operation", "status_class"))
+        self.request_duration = histogram("llm_gateway_request_duration_seconds",
+                                          "End-to-end request duration (gen_ai.client.operation.duration).",
+                                          ("operation", "provider"), DURATION_BUCKETS)
+        self.ttft = histogram("llm_gateway_time_to_first_token_seconds",
+                              "Time to the first streamed chunk (gen_ai.client.operation.time_to_first_chunk).",
+                              ("operation", "provider"), DURATION_BUCKETS)
+        self.upstream_duration = histogram("llm_gateway_upstream_duration_seconds",
+                                           "Time spent waiting on the upstream provider.",
+                                           ("provider", "model"), DURATION_BUCKETS)
+        self.overhead = histogram("llm_gateway_overhead_seconds",
+                                  "Time spent in the gateway itself (request minus upstream).",
+                                  ("operation",), OVERHEAD_BUCKETS)
+        self.upstream_errors = counter("llm_gateway_upstream_errors", "Upstream failures by kind.",
+                                       ("provider", "model", "kind"))
+        self.fallbacks = counter("llm_gateway_fallbacks", "Requests served by a later model in the chain.",
+                                 ("from_model", "to_model"))
+        self.tokens = counter("llm_gateway_tokens", "Tokens metered (gen_ai.client.token.usage).",
+                              ("team", "model", "token_type"))
+        self.cost = counter("llm_gateway_cost_usd", "Cost metered, USD.", ("team", "model"))
+        self.savings = counter("llm_gateway_savings_usd", "Savings, USD: cache hits and cheaper routes.",
+                               ("team", "reason"))
+        self.budget_limit = gauge("llm_gateway_budget_limit_usd", "Budget limit for the period, USD.",
+                                  ("team", "scope", "period"))
+        self.budget_spent = gauge("llm_gateway_budget_spent_usd", "Spent in the current period, USD.",
+                                  ("team", "scope", "period"))
+        self.budget_reserved = gauge("llm_gateway_budget_reserved_usd", "Reserved by in-flight requests, USD.",
+                                     ("team", "scope", "period"))
+        self.budget_limit_tokens = gauge("llm_gateway_budget_limit_tokens", "Token budget for the period.",
+                                         ("team", "scope", "period"))
+        self.budget_spent_tokens = gauge("llm_gateway_budget_spent_tokens", "Tokens spent in the period.",
+                                         ("team", "scope", "period"))
+        self.budget_reserved_tokens = gauge("llm_gateway_budget_reserved_tokens", "Tokens reserved in flight.",
+                                            ("team", "scope", "period"))
+        self.budget_utilization = gauge("llm_gateway_budget_utilization_ratio",
+                                        "Share of the period budget spent or reserved (0-1).", ("team", "scope"))
+        self.budget_period_end = gauge("llm_gateway_budget_period_end_timestamp_seconds",
+                                       "When the current budget period resets.", ("team", "scope"))
+        self.budget_period_seconds = gauge("llm_gateway_budget_period_seconds",
+                                           "Length of the current budget period (for burn-rate alerts).",
+                                           ("team", "scope"))
+        self.budget_denied = counter("llm_gateway_budget_denied_requests",
+                                     "Requests denied because a hard budget would be exceeded.", ("team", "reason"))
+        self.budget_thresholds = counter("llm_gateway_budget_threshold_crossings",
+                                         "Soft budget thresholds crossed.", ("team", "scope", "threshold"))
+        self.rate_limited = counter("llm_gateway_rate_limited_requests", "Requests over an RPM/TPM limit.",
+                                    ("team", "kind"))
+        self.store_errors = counter("llm_gateway_store_errors", "Store (Redis) failures by operation.",
+                                    ("operation",))
+        self.fail_open = counter("llm_gateway_fail_open_requests",
+                                 "Requests served under fail_open while the store was down.", ("team",))
+        self.cache_requests = counter("llm_gateway_cache_requests", "Response cache lookups.", ("team", "result"))
+        self.cache_errors = counter("llm_gateway_cache_errors", "Cache backend failures (cache fails open).",
+                                    ("operation",))
+        self.policy_reloads = counter("llm_gateway_policy_reloads", "Successful policy reloads.", ())
+        self.policy_reload_errors = counter("llm_gateway_policy_reload_errors", "Rejected policy reloads.", ())
+        self.breaker_state = gauge("llm_gateway_circuit_open", "1 while a deployment's circuit is open.",
+                                   ("deployment",))
+        self.ledger_pending = gauge("llm_gateway_ledger_pending_records",
+                                    "Settlements waiting to be written to the store.", ())
+        self.inflight = gauge("llm_gateway_inflight_requests", "Requests in flight.", ())
+
+    def render(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        if self.multiprocess:
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)
+            return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST

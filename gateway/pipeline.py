@@ -1,0 +1,624 @@
+"""The hot path: one request through the stages, top to bottom.
+
+    authenticate -> admit (model exists, team may use it) -> tag -> route (policy rules)
+      -> cache lookup -> reserve budget -> dispatch upstream (retries, fallbacks)
+      -> relay (stream or body, metering as it passes) -> settle + ledger + cache write (off the path)
+
+Each stage is a small method over one ``RequestContext``; the concerns themselves live in their
+own modules (auth, policy, budget, cache, metering, providers, store). Nothing here imports the
+HTTP server: the edge turns a ``Reply`` or ``StreamReply`` into a response.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from gateway import jsonutil
+from gateway.auth import Authenticator
+from gateway.budget import Ask, BudgetManager, Reservation
+from gateway.cache import CacheDecision, ResponseCache, cache_key, decide
+from gateway.cache_codec import CacheEntry, replay_body, replay_stream
+from gateway.config.runtime import Config, DeploymentSpec, ModelSpec, Principal
+from gateway.dispatch import Dispatched, Dispatcher
+from gateway.errors import BudgetExceeded, ContextWindowExceeded, ModelNotFound, PolicyDenied
+from gateway.metering import ledger
+from gateway.metering.pricing import Rates, cost_nano, nano_to_usd_str
+from gateway.metering.tokens import TokenCounter, byte_upper_bound_chat, byte_upper_bound_text
+from gateway.metering.usage import Usage
+from gateway.observability.metrics import Metrics, status_class
+from gateway.policy.engine import Decision, Facts
+from gateway.providers.base import Timeouts
+from gateway.providers.relay import StreamRelay, convert_body, error_event, stream_relay
+from gateway.providers.translate import UpstreamStreamError
+from gateway.tagging import extract as extract_tags
+from gateway.tasks import TaskGroup
+
+log = logging.getLogger("gateway.request")
+
+_LEASE_GRACE_MS = 60_000
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    inbound: str  # the client's wire format: "openai" | "anthropic"
+    operation: str  # chat | text_completion | embeddings
+    body: dict[str, Any]
+    headers: Mapping[str, str]  # lower-case names
+    api_key: str | None
+    started: float = field(default_factory=time.perf_counter)
+    started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
+    principal: Principal | None = None
+    stream: bool = False
+    client_wants_usage: bool = False
+    tags: dict[str, str] = field(default_factory=dict)
+    requested_model: str = ""
+    decision: Decision | None = None
+    route: str = "-"
+    served: DeploymentSpec | None = None
+    cache: str = "bypass"
+    cache_age_s: int | None = None
+    reservation: Reservation | None = None
+    cost_nano: int | None = None
+    upstream_s: float = 0.0
+    ttft_s: float | None = None
+    status: int = 200
+    error: str = ""
+    prompt_bound: int = 0
+
+
+@dataclass(slots=True)
+class Reply:
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class StreamReply:
+    headers: dict[str, str]
+    chunks: AsyncIterator[bytes]
+
+
+def max_rates(models: list[ModelSpec]) -> Rates:
+    """Element-wise maximum over every deployment the request may land on: a strict bound."""
+    deps = [d for m in models for d in m.deployments]
+    return Rates(
+        input=max(d.rates.input for d in deps), cached_input=max(d.rates.cached_input for d in deps),
+        cache_write=max(d.rates.cache_write for d in deps), output=max(d.rates.output for d in deps),
+        reasoning=max(d.rates.reasoning for d in deps), provider="*",
+    )
+
+
+class Pipeline:
+    def __init__(self, *, config: Config, auth: Authenticator, budget: BudgetManager, cache: ResponseCache,
+                 dispatcher: Dispatcher, counter: TokenCounter, metrics: Metrics, tasks: TaskGroup) -> None:
+        self.config = config
+        self.auth = auth
+        self.budget = budget
+        self.cache = cache
+        self.dispatcher = dispatcher
+        self.counter = counter
+        self.metrics = metrics
+        self.tasks = tasks
+
+    # ------------------------------------------------------------------ the stages
+
+    async def handle(self, ctx: RequestContext) -> Reply | StreamReply:
+        cfg = self.config  # one snapshot per request: a reload never changes a request midway
+        ctx.principal = await self.auth.authenticate(ctx.api_key)
+        chain = self._admit_and_route(ctx, cfg)
+        decision = self._cache_decision(ctx, cfg, chain[0])
+        if decision is not None:
+            hit = await self._cache_lookup(ctx, decision, chain[0])
+            if hit is not None:
+                return hit
+        try:
+            ctx.reservation = await self._reserve(ctx, cfg, chain)
+            return await self._forward(ctx, cfg, chain, decision)
+        finally:
+            if decision is not None and decision.write and ctx.cache == "miss" and ctx.stream is False:
+                pass  # non-stream writes happen in _finish_body; streams in _relay
+
+    def _admit_and_route(self, ctx: RequestContext, cfg: Config) -> list[ModelSpec]:
+        assert ctx.principal is not None
+        team = ctx.principal.team
+        ctx.requested_model = str(ctx.body.get("model", ""))
+        ctx.stream = ctx.body.get("stream") is True
+        options = ctx.body.get("stream_options")
+        ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        if ctx.requested_model not in cfg.models and not self._routable(ctx, cfg):
+            raise ModelNotFound(f"the model `{ctx.requested_model}` does not exist or you do not have access to it",
+                                param="model")
+        if not team.may_use(ctx.requested_model):
+            raise ModelNotFound(f"the model `{ctx.requested_model}` does not exist or you do not have access to it",
+                                param="model")
+        ctx.tags = extract_tags(team.tags, ctx.body, ctx.headers.get("x-gateway-tags"), cfg.source.tags)
+        facts = self._facts(ctx, cfg)
+        decision = cfg.rules.decide(facts)
+        ctx.decision, ctx.route = decision, decision.rule
+        for key, value in decision.add_tags:
+            ctx.tags[key] = value
+        if decision.deny is not None:
+            raise PolicyDenied(decision.deny)
+        chain = [cfg.models[m] for m in decision.chain if m in cfg.models]
+        chain = [m for m in chain if m.operation == ctx.operation] or chain
+        if not chain:
+            raise ModelNotFound(f"the model `{ctx.requested_model}` has no route", param="model")
+        if chain[0].operation != ctx.operation:
+            raise ModelNotFound(f"the model `{chain[0].name}` does not support {ctx.operation}", param="model")
+        return chain
+
+    def _routable(self, ctx: RequestContext, cfg: Config) -> bool:
+        """An alias that only a rule resolves (e.g. ``auto``) is a valid model name too."""
+        return any(r.rule.route_to is not None or r.rule.auto is not None for r in cfg.rules.rules) and \
+            cfg.rules.decide(self._facts(ctx, cfg)).rule != "default"
+
+    def _facts(self, ctx: RequestContext, cfg: Config) -> Facts:
+        assert ctx.principal is not None
+        body = ctx.body
+        model = cfg.models.get(ctx.requested_model)
+        return Facts(
+            team=ctx.principal.team.name, model=ctx.requested_model, operation=ctx.operation, tags=ctx.tags,
+            max_tokens=_client_max_tokens(body, ctx.inbound), has_tools=bool(body.get("tools")),
+            has_images=_has_images(body), has_response_format=body.get("response_format") is not None,
+            stream=ctx.stream, budget_used=self.budget.utilization.get(ctx.principal.team.name, 0.0),
+            now=datetime.now(UTC),
+            prompt_tokens_fn=lambda: self._exact_prompt_tokens(ctx, model.deployments[0].upstream_model
+                                                               if model else ctx.requested_model),
+            prompt_text_fn=lambda: _last_user_text(body),
+        )
+
+    # ------------------------------------------------------------------ tokens
+
+    def _prompt_bound(self, ctx: RequestContext) -> int:
+        """Strict upper bound on prompt tokens without tokenizing (one token covers >= one byte)."""
+        if not ctx.prompt_bound:
+            body = ctx.body
+            if ctx.operation == "chat":
+                bound = byte_upper_bound_chat(body.get("messages"), body.get("tools"))
+                system = body.get("system")
+                if system is not None:  # Anthropic keeps the system prompt outside messages
+                    bound += len(jsonutil.dumps(system)) + 4
+            else:
+                bound = byte_upper_bound_text(body.get("prompt") if ctx.operation == "text_completion"
+                                              else body.get("input"))
+            ctx.prompt_bound = bound
+        return ctx.prompt_bound
+
+    def _exact_prompt_tokens(self, ctx: RequestContext, model: str) -> int:
+        body = ctx.body
+        if ctx.operation == "chat":
+            return self.counter.count_chat(body.get("messages"), model, body.get("tools"))
+        return self.counter.count_input(body.get("prompt") if ctx.operation == "text_completion"
+                                        else body.get("input"), model)
+
+    def _exact_is_strict(self, chain: list[ModelSpec]) -> bool:
+        """An exact count may replace the byte bound only if every candidate uses that same tokenizer."""
+        return all(self.counter.is_exact(d.upstream_model) for m in chain for d in m.deployments)
+
+    # ------------------------------------------------------------------ cache
+
+    def _cache_decision(self, ctx: RequestContext, cfg: Config, model: ModelSpec) -> CacheDecision | None:
+        assert ctx.principal is not None and ctx.decision is not None
+        decision = decide(ctx.principal.team.cache, ctx.decision.cache, ctx.body, ctx.operation, ctx.headers)
+        if not decision.read and not decision.write:
+            ctx.cache = "bypass"
+            return None
+        return decision
+
+    async def _cache_lookup(self, ctx: RequestContext, decision: CacheDecision,
+                            model: ModelSpec) -> Reply | StreamReply | None:
+        assert ctx.principal is not None
+        key = cache_key(decision.namespace, ctx.inbound, ctx.operation, model.name, ctx.body)
+        ctx.cache = "miss"
+        entry = await self.cache.get(decision.namespace, key, ctx.principal.team.name) if decision.read else None
+        if entry is None and decision.read:
+            follower = self.cache.follower_of(key)
+            if follower is not None:
+                entry = await follower
+            else:
+                self.cache.lead(key)
+                entry = await self.cache.wait_for_peer(decision.namespace, key, ctx.principal.team.name)
+                if entry is not None:
+                    self.cache.finish(key, entry)
+        if entry is None:
+            return None
+        return self._serve_hit(ctx, entry, model)
+
+    def _serve_hit(self, ctx: RequestContext, entry: CacheEntry, model: ModelSpec) -> Reply | StreamReply:
+        assert ctx.principal is not None
+        ctx.cache = "hit"
+        ctx.cost_nano = 0
+        ctx.cache_age_s = max(0, (int(time.time() * 1000) - entry.created_ms) // 1000)
+        usage = Usage(**{k: v for k, v in entry.usage.items() if k in Usage.__slots__})
+        deployment = next((d for d in model.deployments if d.logical == entry.served_model), model.deployments[0])
+        ctx.served = deployment
+        saved = cost_nano(usage, deployment.rates)
+        self.metrics.cache_requests.labels(ctx.principal.team.name, "hit").inc()
+        self.metrics.savings.labels(ctx.principal.team.name, "cache").inc(saved / 1e9)
+        record = self._record(ctx, deployment, usage, cost=0, counterfactual=saved, status=200)
+        self.tasks.spawn(self.budget.record(ctx.principal.team.name, record, 0, 0, []), name="ledger-cache-hit")
+        headers = self._headers(ctx, deployment)
+        self._observe(ctx, 200)
+        if ctx.stream:
+            events = replay_stream(entry, ctx.client_wants_usage)
+            return StreamReply(headers=headers, chunks=_iterate(events, _cost_comment(0)))
+        return Reply(200, replay_body(entry), headers)
+
+    # ------------------------------------------------------------------ budget
+
+    async def _reserve(self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec]) -> Reservation:
+        assert ctx.principal is not None
+        client_max = _client_max_tokens(ctx.body, ctx.inbound)
+        cap = ctx.decision.max_tokens_cap if ctx.decision else None
+        if cap is not None:
+            client_max = min(client_max, cap) if client_max is not None else cap
+        out_max, flexible = self._output_bound(ctx, chain, client_max)
+        bound = self._prompt_bound(ctx)
+        ask = self._ask(ctx, chain, bound, out_max, flexible)
+        try:
+            return await self.budget.reserve(ctx.principal, ask)
+        except BudgetExceeded:
+            # Only now is an exact count worth its cost: it may fit where the byte bound did not.
+            if self._exact_is_strict(chain):
+                exact = self._exact_prompt_tokens(ctx, chain[0].deployments[0].upstream_model)
+                if exact < bound:
+                    ctx.prompt_bound = exact
+                    try:
+                        return await self.budget.reserve(ctx.principal, self._ask(ctx, chain, exact, out_max, flexible))
+                    except BudgetExceeded:
+                        pass
+            return await self._downgrade(ctx, cfg, chain)
+
+    async def _downgrade(self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec]) -> Reservation:
+        assert ctx.principal is not None
+        spec = ctx.principal.team.budget
+        if spec is None or spec.action != "downgrade" or spec.downgrade_to not in cfg.models \
+                or chain[0].name == spec.downgrade_to:
+            return await self.budget.reserve(ctx.principal, self._ask(
+                ctx, chain, ctx.prompt_bound, *self._output_bound(ctx, chain, _client_max_tokens(ctx.body, ctx.inbound))))
+        target = cfg.models[spec.downgrade_to]
+        chain[:] = [target]
+        ctx.route = f"{ctx.route}+budget_downgrade"
+        out_max, flexible = self._output_bound(ctx, chain, _client_max_tokens(ctx.body, ctx.inbound))
+        return await self.budget.reserve(ctx.principal, self._ask(ctx, chain, ctx.prompt_bound, out_max, flexible))
+
+    def _output_bound(self, ctx: RequestContext, chain: list[ModelSpec], client_max: int | None) -> tuple[int, bool]:
+        if ctx.operation == "embeddings":
+            return 0, False
+        model_max = max(m.max_output_tokens for m in chain)
+        if client_max is not None:
+            return client_max, False
+        if ctx.operation == "text_completion":
+            return 16, False  # the API's documented default
+        return model_max, True
+
+    def _ask(self, ctx: RequestContext, chain: list[ModelSpec], prompt_tokens: int, out_max: int,
+             flexible: bool) -> Ask:
+        assert ctx.principal is not None
+        timeout_ms = int(self.config.source.server.timeouts.total_s * 1000)
+        first = chain[0].deployments[0]
+        skeleton = ledger.intent(
+            request_id=ctx.request_id, ts_ms=ctx.started_ms, team=ctx.principal.team.name,
+            key_id=ctx.principal.key_id, tags=ctx.tags, operation=ctx.operation, inbound=ctx.inbound,
+            stream=ctx.stream, requested_model=ctx.requested_model, route=ctx.route, planned_model=chain[0].name,
+            provider=first.provider.system,
+        )
+        return Ask(lease_id=ctx.request_id, prompt_tokens_bound=prompt_tokens, out_tokens_max=out_max,
+                   flexible=flexible, rates=max_rates(chain), intent=skeleton,
+                   lease_ttl_ms=timeout_ms + _LEASE_GRACE_MS)
+
+    # ------------------------------------------------------------------ upstream
+
+    async def _forward(self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec],
+                       cache: CacheDecision | None) -> Reply | StreamReply:
+        res = ctx.reservation
+        assert res is not None and ctx.principal is not None
+        t = cfg.source.server.timeouts
+        timeouts = Timeouts(connect_s=t.connect_s, first_byte_s=t.first_byte_s, idle_s=t.idle_s)
+        out_cap = res.out_tokens
+        body_cap = _client_max_tokens(ctx.body, ctx.inbound)
+        inject = ctx.operation != "embeddings" and (body_cap is None or out_cap < body_cap)
+
+        def body_for(model: ModelSpec, deployment: DeploymentSpec) -> dict[str, Any]:
+            if not inject:
+                return ctx.body
+            body = dict(ctx.body)
+            cap = min(out_cap, deployment.max_output_tokens)
+            field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            body[field_name] = cap
+            return body
+
+        upstream_started = time.perf_counter()
+        try:
+            sent = await self.dispatcher.dispatch(
+                inbound=ctx.inbound, operation=ctx.operation, chain=chain, body_for=body_for, stream=ctx.stream,
+                retry=cfg.source.routing.retry, timeouts=timeouts, deadline=time.monotonic() + t.total_s,
+                fits=lambda model: self._fits(ctx, model, chain),
+            )
+        except BaseException:
+            self._release(ctx, upstream_started)
+            raise
+        ctx.served = sent.deployment
+        if ctx.stream:
+            return self._relay(ctx, sent, upstream_started, cache)
+        return await self._finish_body(ctx, sent, upstream_started, cache)
+
+    def _fits(self, ctx: RequestContext, model: ModelSpec, chain: list[ModelSpec]) -> bool:
+        bound = self._prompt_bound(ctx)
+        if bound <= model.context_window:
+            return True
+        if not self._exact_is_strict([model]):
+            return True  # cannot prove it overflows: let the provider decide (and fall back on its 400)
+        return self._exact_prompt_tokens(ctx, model.deployments[0].upstream_model) <= model.context_window
+
+    def _release(self, ctx: RequestContext, upstream_started: float) -> None:
+        """No upstream answer: the reservation is released at $0 (nothing was served)."""
+        assert ctx.principal is not None and ctx.reservation is not None
+        ctx.upstream_s = time.perf_counter() - upstream_started
+        chain_first = ctx.decision.chain[0] if ctx.decision and ctx.decision.chain else ctx.requested_model
+        record = ledger.complete(
+            self._ask_intent(ctx, chain_first), served_model=chain_first, upstream_model="", provider="",
+            deployment="", cache=ctx.cache, status=502, usage=Usage(), cost=0, counterfactual=0,
+            latency_ms=(time.perf_counter() - ctx.started) * 1000,
+        )
+        self.tasks.spawn(self.budget.settle(ctx.reservation, 0, 0, record), name="settle-failed")
+
+    def _ask_intent(self, ctx: RequestContext, planned: str) -> dict[str, Any]:
+        assert ctx.principal is not None
+        return ledger.intent(
+            request_id=ctx.request_id, ts_ms=ctx.started_ms, team=ctx.principal.team.name,
+            key_id=ctx.principal.key_id, tags=ctx.tags, operation=ctx.operation, inbound=ctx.inbound,
+            stream=ctx.stream, requested_model=ctx.requested_model, route=ctx.route, planned_model=planned,
+            provider="",
+        )
+
+    async def _finish_body(self, ctx: RequestContext, sent: Dispatched, upstream_started: float,
+                           cache: CacheDecision | None) -> Reply:
+        try:
+            raw = await sent.reply.read()
+            data, parsed, usage = convert_body(ctx.inbound, sent.call.wire, raw, sent.model.name)
+        except BaseException:
+            self._release(ctx, upstream_started)
+            raise
+        ctx.upstream_s = time.perf_counter() - upstream_started
+        if usage is None:
+            usage = self._estimate_usage(ctx, sent, "".join(_body_texts(parsed)))
+        self._settle(ctx, sent, usage, 200)
+        if cache is not None and cache.write:
+            entry = CacheEntry(kind="body", wire=ctx.inbound, operation=ctx.operation, body=data, events=[],
+                               usage=usage.as_dict(), served_model=sent.model.name,
+                               created_ms=int(time.time() * 1000), cost_nano=ctx.cost_nano or 0)
+            self._cache_write(ctx, cache, sent.model.name, entry)
+        headers = self._headers(ctx, sent.deployment)
+        self._observe(ctx, 200)
+        return Reply(200, data, headers)
+
+    def _relay(self, ctx: RequestContext, sent: Dispatched, upstream_started: float,
+               cache: CacheDecision | None) -> StreamReply:
+        relay = stream_relay(ctx.inbound, sent.call.wire, ctx.client_wants_usage, sent.model.name)
+        headers = self._headers(ctx, sent.deployment)
+        return StreamReply(headers=headers, chunks=self._stream(ctx, sent, relay, upstream_started, cache))
+
+    async def _stream(self, ctx: RequestContext, sent: Dispatched, relay: StreamRelay, upstream_started: float,
+                      cache: CacheDecision | None) -> AsyncIterator[bytes]:
+        recorded: list[bytes] | None = [] if cache is not None and cache.write else None
+        status, failure = 200, ""
+        try:
+            out = relay.feed(sent.first_chunk)
+            ctx.ttft_s = time.perf_counter() - ctx.started
+            if out:
+                _remember(recorded, out)
+                yield out
+            async for chunk in sent.reply.stream():
+                out = relay.feed(chunk)
+                if out:
+                    _remember(recorded, out)
+                    yield out
+            relay.end()
+        except UpstreamStreamError as exc:
+            status, failure = 502, exc.message
+            yield error_event(ctx.inbound, exc.message, exc.type)
+        except GeneratorExit:
+            status, failure = 499, "client disconnected"  # the edge stopped iterating
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken upstream must end as an error event
+            status, failure = 502, getattr(exc, "message", str(exc)) or exc.__class__.__name__
+            yield error_event(ctx.inbound, f"upstream stream failed: {failure}")
+        finally:
+            sent.reply.close()
+            ctx.upstream_s = time.perf_counter() - upstream_started
+            ctx.error = failure
+            usage = relay.usage if relay.completed and relay.usage is not None else None
+            if usage is None:
+                usage = self._estimate_usage(ctx, sent, "".join(relay.text), reported=relay.usage)
+            self._settle(ctx, sent, usage, status)
+            if recorded is not None and status == 200 and relay.completed and cache is not None:
+                entry = CacheEntry(kind="stream", wire=ctx.inbound, operation=ctx.operation, body=b"",
+                                   events=_strip_terminal(recorded, ctx.inbound), usage=usage.as_dict(),
+                                   served_model=sent.model.name, created_ms=int(time.time() * 1000),
+                                   cost_nano=ctx.cost_nano or 0)
+                self._cache_write(ctx, cache, sent.model.name, entry)
+            self._observe(ctx, status)
+        if status == 200:
+            yield _cost_comment(ctx.cost_nano or 0)
+
+    # ------------------------------------------------------------------ metering and settle
+
+    def _estimate_usage(self, ctx: RequestContext, sent: Dispatched, delivered: str,
+                        reported: Usage | None = None) -> Usage:
+        """No usage from the provider (or a cut stream): count what was delivered, mark it estimated."""
+        model = sent.deployment.upstream_model
+        prompt = reported.input_tokens if reported and reported.input_tokens else \
+            self._exact_prompt_tokens(ctx, model)
+        output = self.counter.count_text(delivered, model) if delivered else 0
+        if reported is not None:
+            output = max(output, reported.output_tokens)
+        return Usage(input_tokens=prompt, output_tokens=output, estimated=True,
+                     cached_input_tokens=reported.cached_input_tokens if reported else 0)
+
+    def _settle(self, ctx: RequestContext, sent: Dispatched, usage: Usage, status: int) -> None:
+        assert ctx.principal is not None and ctx.reservation is not None
+        deployment = sent.deployment
+        cost = cost_nano(usage, deployment.rates)
+        ctx.cost_nano = cost
+        requested = self.config.models.get(ctx.requested_model)
+        counterfactual = cost_nano(usage, requested.deployments[0].rates) if requested else cost
+        record = self._record(ctx, deployment, usage, cost=cost, counterfactual=counterfactual, status=status)
+        team = ctx.principal.team.name
+        model = sent.model.name
+        self.metrics.cost.labels(team, model).inc(cost / 1e9)
+        for token_type, count in (("input", usage.input_tokens), ("output", usage.output_tokens),
+                                  ("cached_input", usage.cached_input_tokens),
+                                  ("cache_creation_input", usage.cache_creation_input_tokens),
+                                  ("reasoning", usage.reasoning_tokens)):
+            if count:
+                self.metrics.tokens.labels(team, model, token_type).inc(count)
+        if counterfactual > cost:
+            self.metrics.savings.labels(team, "routing").inc((counterfactual - cost) / 1e9)
+        self.tasks.spawn(self.budget.settle(ctx.reservation, cost, usage.total_tokens, record), name="settle")
+
+    def _record(self, ctx: RequestContext, deployment: DeploymentSpec, usage: Usage, *, cost: int,
+                counterfactual: int, status: int) -> dict[str, Any]:
+        return ledger.complete(
+            self._ask_intent(ctx, deployment.logical), served_model=deployment.logical,
+            upstream_model=deployment.upstream_model, provider=deployment.provider.system,
+            deployment=deployment.id, cache=ctx.cache, status=status, usage=usage, cost=cost,
+            counterfactual=counterfactual, latency_ms=(time.perf_counter() - ctx.started) * 1000,
+        )
+
+    def _cache_write(self, ctx: RequestContext, cache: CacheDecision, model: str, entry: CacheEntry) -> None:
+        key = cache_key(cache.namespace, ctx.inbound, ctx.operation, model, ctx.body)
+        assert ctx.principal is not None
+        self.cache.finish(key, entry)
+        self.tasks.spawn(self._write_and_unlock(cache, key, entry), name="cache-write")
+
+    async def _write_and_unlock(self, cache: CacheDecision, key: str, entry: CacheEntry) -> None:
+        await self.cache.put(cache.namespace, key, entry, cache.ttl_s)
+        await self.cache.release(cache.namespace, key)
+
+    # ------------------------------------------------------------------ response headers and metrics
+
+    def _headers(self, ctx: RequestContext, deployment: DeploymentSpec) -> dict[str, str]:
+        headers = {
+            "x-gateway-model": deployment.logical,
+            "x-gateway-route": ctx.route,
+            "x-gateway-cache": ctx.cache,
+        }
+        if ctx.cache_age_s is not None:
+            headers["age"] = str(ctx.cache_age_s)
+        if ctx.cost_nano is not None:
+            headers["x-gateway-cost-usd"] = nano_to_usd_str(ctx.cost_nano)
+        res = ctx.reservation
+        if res is not None and res.remaining_nano >= 0:
+            headers["x-gateway-budget-remaining-usd"] = nano_to_usd_str(res.remaining_nano)
+        if res is not None:
+            for key, value in res.rate_remaining.items():
+                kind, _, scope = key.partition(":")
+                if scope.startswith("team:"):
+                    noun = "requests" if kind == "rpm" else "tokens"
+                    headers[f"x-ratelimit-remaining-{noun}"] = str(value)
+        return headers
+
+    def _observe(self, ctx: RequestContext, status: int) -> None:
+        ctx.status = status
+        if ctx.principal is None:
+            return
+        provider = ctx.served.provider.system if ctx.served else "-"
+        model = ctx.served.logical if ctx.served else ctx.requested_model
+        self.metrics.requests.labels(ctx.principal.team.name, ctx.route, model, provider, ctx.operation,
+                                     status_class(status)).inc()
+        total = time.perf_counter() - ctx.started
+        self.metrics.request_duration.labels(ctx.operation, provider).observe(total)
+        if ctx.cache != "hit":
+            self.metrics.upstream_duration.labels(provider, model).observe(ctx.upstream_s)
+        self.metrics.overhead.labels(ctx.operation).observe(max(0.0, total - ctx.upstream_s))
+        if ctx.ttft_s is not None:
+            self.metrics.ttft.labels(ctx.operation, provider).observe(ctx.ttft_s)
+        if ctx.cache == "miss":
+            self.metrics.cache_requests.labels(ctx.principal.team.name, "miss").inc()
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _client_max_tokens(body: dict[str, Any], inbound: str) -> int | None:
+    for name in ("max_completion_tokens", "max_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _has_images(body: dict[str, Any]) -> bool:
+    for message in body.get("messages") or ():
+        content = message.get("content") if isinstance(message, dict) else None
+        if isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and part.get("type") in ("image_url", "image", "input_image"):
+                    return True
+    return False
+
+
+def _last_user_text(body: dict[str, Any]) -> str:
+    for message in reversed(body.get("messages") or ()):
+        if isinstance(message, dict) and message.get("role") == "user":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(p.get("text", "") for p in content if isinstance(p, dict)
+                                and isinstance(p.get("text"), str))
+    prompt = body.get("prompt")
+    return prompt if isinstance(prompt, str) else ""
+
+
+def _body_texts(parsed: dict[str, Any]) -> list[str]:
+    texts: list[str] = []
+    for choice in parsed.get("choices") or ():
+        if isinstance(choice, dict):
+            message = choice.get("message") or {}
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                texts.append(content)
+            if isinstance(choice.get("text"), str):
+                texts.append(choice["text"])
+    for block in parsed.get("content") or ():
+        if isinstance(block, dict) and isinstance(block.get("text"), str):
+            texts.append(block["text"])
+    return texts
+
+
+def _remember(recorded: list[bytes] | None, out: bytes) -> None:
+    if recorded is None:
+        return
+    start = 0
+    while True:  # one element per SSE event, as the client received it
+        end = out.find(b"\n\n", start)
+        if end < 0:
+            break
+        recorded.append(out[start:end + 2])
+        start = end + 2
+
+
+def _strip_terminal(events: list[bytes], inbound: str) -> list[bytes]:
+    if inbound == "openai":
+        return [e for e in events if e != b"data: [DONE]\n\n"]
+    return events
+
+
+def _cost_comment(cost: int) -> bytes:
+    """An SSE comment after the terminal event: SDKs ignore comments, curl and proxies show it."""
+    return b": x-gateway-cost-usd=" + nano_to_usd_str(cost).encode() + b"\n\n"
+
+
+async def _iterate(events: list[bytes], tail: bytes) -> AsyncIterator[bytes]:
+    for event in events:
+        yield event
+    yield tail

@@ -1,0 +1,1 @@
+"""Routing policy: rule compilation, evaluation, complexity scoring, schema export."""

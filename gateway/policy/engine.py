@@ -1,0 +1,186 @@
+"""Routing rules compiled once at load time; evaluated per request, first match wins.
+
+A compiled rule is a tuple of small predicates over ``Facts``. Facts that cost something to
+compute (the exact prompt-token count) are lazy: they are computed only if a rule that
+needs them is reached, so a policy without token ranges never tokenizes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from gateway.config.model import CacheSettings, Range, Rule, RoutingConfig, TimeWindow, When
+from gateway.policy.complexity import complexity_score
+
+_DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(slots=True)
+class Facts:
+    """What the rules can look at. ``prompt_tokens_fn`` is called at most once, and only if needed."""
+
+    team: str
+    model: str
+    operation: str = "chat"
+    tags: dict[str, str] = field(default_factory=dict)
+    max_tokens: int | None = None
+    has_tools: bool = False
+    has_images: bool = False
+    has_response_format: bool = False
+    stream: bool = False
+    budget_used: float = 0.0
+    now: datetime | None = None
+    prompt_tokens_fn: Callable[[], int] | None = None
+    prompt_text_fn: Callable[[], str] | None = None
+    _prompt_tokens: int | None = None
+
+    @property
+    def prompt_tokens(self) -> int:
+        if self._prompt_tokens is None:
+            self._prompt_tokens = self.prompt_tokens_fn() if self.prompt_tokens_fn else 0
+        return self._prompt_tokens
+
+
+Predicate = Callable[[Facts], bool]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    rule: str  # name of the rule that fired, or "default"
+    chain: tuple[str, ...]  # logical models: primary first, then fallbacks
+    max_tokens_cap: int | None = None
+    cache: CacheSettings | None = None
+    deny: str | None = None
+    add_tags: tuple[tuple[str, str], ...] = ()
+    trace: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    name: str
+    index: int
+    predicates: tuple[tuple[str, Predicate], ...]
+    rule: Rule
+
+    def matches(self, facts: Facts, trace: list[str] | None) -> bool:
+        for label, predicate in self.predicates:
+            if not predicate(facts):
+                if trace is not None:
+                    trace.append(f"rule {self.name!r}: no match ({label})")
+                return False
+        return True
+
+
+def _globs(patterns: list[str]) -> re.Pattern[str]:
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+def _in_range(r: Range) -> Callable[[float], bool]:
+    def check(v: float) -> bool:
+        return ((r.gt is None or v > r.gt) and (r.gte is None or v >= r.gte)
+                and (r.lt is None or v < r.lt) and (r.lte is None or v <= r.lte))
+    return check
+
+
+def _time_predicate(window: TimeWindow) -> Predicate:
+    start_s, end_s = window.between.split("-")
+    start = int(start_s[:2]) * 60 + int(start_s[3:])
+    end = int(end_s[:2]) * 60 + int(end_s[3:])
+    days = frozenset(window.days)
+
+    def check(f: Facts) -> bool:
+        now = f.now or datetime.now().astimezone()
+        if days and _DAYS[now.weekday()] not in days:
+            return False
+        minute = now.hour * 60 + now.minute
+        return start <= minute < end if start <= end else (minute >= start or minute < end)  # wraps midnight
+    return check
+
+
+def compile_when(when: When) -> tuple[tuple[str, Predicate], ...]:
+    preds: list[tuple[str, Predicate]] = []
+    if when.teams is not None:
+        teams = frozenset(when.teams)
+        preds.append(("teams", lambda f: f.team in teams))
+    if when.models is not None:
+        pattern = _globs(when.models)
+        preds.append(("models", lambda f: pattern.match(f.model) is not None))
+    if when.operation is not None:
+        op = when.operation
+        preds.append(("operation", lambda f: f.operation == op))
+    if when.tags is not None:
+        wanted = tuple(when.tags.items())
+        preds.append(("tags", lambda f: all(
+            (k in f.tags) if v == "*" else f.tags.get(k) == v for k, v in wanted)))
+    for flag in ("has_tools", "has_images", "has_response_format", "stream"):
+        expected = getattr(when, flag)
+        if expected is not None:
+            preds.append((flag, lambda f, flag=flag, expected=expected: getattr(f, flag) is expected))
+    if when.max_tokens is not None:
+        check_max = _in_range(when.max_tokens)
+        preds.append(("max_tokens", lambda f: f.max_tokens is not None and check_max(f.max_tokens)))
+    if when.budget_used is not None:
+        check_budget = _in_range(when.budget_used)
+        preds.append(("budget_used", lambda f: check_budget(f.budget_used)))
+    if when.time is not None:
+        preds.append(("time", _time_predicate(when.time)))
+    # Last: the only predicate that may need to tokenize.
+    if when.prompt_tokens is not None:
+        check_tokens = _in_range(when.prompt_tokens)
+        preds.append(("prompt_tokens", lambda f: check_tokens(f.prompt_tokens)))
+    return tuple(preds)
+
+
+class RuleSet:
+    def __init__(self, routing: RoutingConfig) -> None:
+        self.routing = routing
+        self.rules = tuple(
+            CompiledRule(name=r.name, index=i, predicates=compile_when(r.when), rule=r)
+            for i, r in enumerate(routing.rules)
+        )
+        self.default_fallbacks = {m: tuple(chain) for m, chain in routing.fallbacks.items()}
+
+    def needs_prompt_tokens(self) -> bool:
+        return any(r.rule.when.prompt_tokens is not None for r in self.rules)
+
+    def decide(self, facts: Facts, explain: bool = False) -> Decision:
+        trace: list[str] | None = [] if explain else None
+        for compiled in self.rules:
+            if compiled.matches(facts, trace):
+                if trace is not None:
+                    trace.append(f"rule {compiled.name!r}: MATCH")
+                return self._apply(compiled.rule, facts, trace)
+        if trace is not None:
+            trace.append("no rule matched: default route")
+        return Decision(rule="default", chain=self._chain(facts.model, []), trace=tuple(trace or ()))
+
+    def _chain(self, primary: str | list[str], extra: list[str]) -> tuple[str, ...]:
+        head = [primary] if isinstance(primary, str) else list(primary)
+        chain = [*head, *extra]
+        for model in list(chain):
+            chain += self.default_fallbacks.get(model, ())
+        seen: dict[str, None] = {}
+        for m in chain:
+            seen.setdefault(m, None)
+        return tuple(seen)
+
+    def _apply(self, rule: Rule, facts: Facts, trace: list[str] | None) -> Decision:
+        common = {"rule": rule.name, "max_tokens_cap": rule.max_tokens, "cache": rule.cache,
+                  "add_tags": tuple(rule.add_tags.items())}
+        if rule.deny is not None:
+            return Decision(chain=(), deny=rule.deny, trace=tuple(trace or ()), **common)  # type: ignore[arg-type]
+        if rule.auto is not None:
+            text = facts.prompt_text_fn() if facts.prompt_text_fn else ""
+            score = complexity_score(text)
+            target = rule.auto.strong if score >= rule.auto.threshold else rule.auto.weak
+            if trace is not None:
+                trace.append(f"auto: complexity {score:.3f} vs threshold {rule.auto.threshold} -> {target}")
+            others = [rule.auto.weak if target == rule.auto.strong else rule.auto.strong]
+            chain = self._chain(target, [*rule.fallbacks, *others])
+        else:
+            chain = self._chain(rule.route_to if rule.route_to is not None else facts.model, rule.fallbacks)
+        return Decision(chain=chain, trace=tuple(trace or ()), **common)  # type: ignore[arg-type]

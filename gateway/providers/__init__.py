@@ -1,0 +1,1 @@
+"""Upstream provider adapters and the pure wire-format translators they use."""

@@ -1,0 +1,186 @@
+"""The provider interface: build an upstream call for one deployment, send it on a pooled connection.
+
+``Adapter.prepare`` turns the client's request (in its own wire format) into the upstream's
+wire format; ``UpstreamClient.send`` performs it with the configured timeouts and maps transport
+failures and error statuses onto the gateway's exception hierarchy. Nothing here knows about
+budgets or the HTTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import aiohttp
+
+from gateway import jsonutil
+from gateway.config.runtime import DeploymentSpec
+from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
+
+# Hop-by-hop headers (RFC 9110 7.6.1) and headers the gateway owns are never forwarded.
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "host",
+    }
+)
+
+
+@dataclass(slots=True)
+class UpstreamCall:
+    url: str
+    headers: dict[str, str]
+    payload: bytes
+    wire: str  # the wire format of the upstream's answer: "openai" | "anthropic"
+    stream: bool
+
+
+class Adapter(Protocol):
+    def prepare(
+        self, inbound: str, operation: str, body: dict[str, Any], deployment: DeploymentSpec, stream: bool
+    ) -> UpstreamCall: ...
+
+    def error_from(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamStatusError: ...
+
+
+@dataclass(slots=True)
+class Timeouts:
+    connect_s: float
+    first_byte_s: float
+    idle_s: float
+
+
+def retry_after_seconds(headers: dict[str, str]) -> float | None:
+    """``retry-after-ms`` first, then ``retry-after`` in seconds (what the official SDKs read)."""
+    raw_ms = headers.get("retry-after-ms")
+    if raw_ms:
+        try:
+            return float(raw_ms) / 1000
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw:
+        try:
+            return float(raw)
+        except ValueError:
+            return None
+    return None
+
+
+def error_message(body: bytes) -> tuple[str, dict[str, Any] | None, str | None]:
+    """(message, parsed body, code) from an OpenAI- or Anthropic-shaped error body."""
+    try:
+        parsed = jsonutil.loads(body) if body else None
+    except jsonutil.JSONDecodeError:
+        return body[:200].decode(errors="replace") or "upstream error", None, None
+    if isinstance(parsed, dict):
+        err = parsed.get("error")
+        if isinstance(err, dict):
+            return str(err.get("message") or "upstream error"), parsed, err.get("code")
+    return "upstream error", parsed if isinstance(parsed, dict) else None, None
+
+
+class UpstreamReply:
+    """An upstream response whose status is 2xx. Close it (or read it fully) exactly once."""
+
+    def __init__(self, response: aiohttp.ClientResponse, timeouts: Timeouts) -> None:
+        self._response = response
+        self._timeouts = timeouts
+        self.status = response.status
+        self.headers = {k.lower(): v for k, v in response.headers.items()}
+        self._stream: AsyncIterator[bytes] | None = None
+
+    async def read(self) -> bytes:
+        try:
+            return await asyncio.wait_for(self._response.read(), self._timeouts.first_byte_s)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("upstream timed out reading the response") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"upstream connection failed: {exc.__class__.__name__}") from exc
+        finally:
+            self._response.release()
+
+    def stream(self) -> AsyncIterator[bytes]:
+        """The body's chunks as they arrive (one iterator per reply, so a caller can resume it)."""
+        if self._stream is None:
+            self._stream = self._chunks()
+        return self._stream
+
+    async def _chunks(self) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive; an idle gap longer than ``idle_s`` is a timeout."""
+        content = self._response.content
+        try:
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(content.readany(), self._timeouts.idle_s)
+                except TimeoutError as exc:
+                    raise UpstreamTimeout("upstream stream stalled") from exc
+                except (aiohttp.ClientError, OSError) as exc:
+                    raise UpstreamError(f"upstream stream broken: {exc.__class__.__name__}") from exc
+                if not chunk:
+                    return
+                yield chunk
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        self._response.close()  # drops the connection: an unfinished stream must not be reused
+
+
+class UpstreamClient:
+    """One pooled ``aiohttp.ClientSession`` for all providers."""
+
+    def __init__(self, max_connections: int = 1024) -> None:
+        self._max = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self._max, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector,
+            auto_decompress=True,
+            skip_auto_headers=("User-Agent",),
+            json_serialize=jsonutil.dumps_str,
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def send(self, call: UpstreamCall, adapter: Adapter, timeouts: Timeouts) -> UpstreamReply:
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s
+        )
+        try:
+            response = await asyncio.wait_for(
+                self._session.post(call.url, data=call.payload, headers=call.headers, timeout=timeout),
+                timeouts.first_byte_s,
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout("upstream did not answer in time") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError(f"upstream connection failed: {exc.__class__.__name__}") from exc
+        if response.status >= 400:
+            try:
+                body = await asyncio.wait_for(response.read(), timeouts.first_byte_s)
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                body = b""
+            finally:
+                response.release()
+            headers = {k.lower(): v for k, v in response.headers.items()}
+            raise adapter.error_from(response.status, body, headers)
+        return UpstreamReply(response, timeouts)

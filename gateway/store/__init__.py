@@ -1,0 +1,1 @@
+"""State backends: embedded (memory + disk journal) and Redis."""

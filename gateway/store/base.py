@@ -1,0 +1,149 @@
+"""The store interface: everything the gateway keeps outside one request.
+
+Two backends implement it with identical semantics: ``memory`` (embedded, one process,
+durable journal on disk) and ``redis`` (shared by replicas; one Lua script per operation).
+All of a team's keys share the Redis Cluster hash tag ``{team}``, so every per-team
+operation is one script on one node.
+
+Budget semantics (both backends; see README "Budgets"):
+- ``reserve`` atomically checks every scope (team, key) and the rate limits, then reserves the
+  request's upper-bound cost and tokens as a *lease*. If the client gave no ``max_tokens`` the
+  reservation is *flexible*: the output part shrinks to what the tightest scope can still pay for.
+- ``settle`` replaces a lease by the actual cost and tokens and appends the ledger record, once.
+- A lease that is not settled before it expires (its process died) is charged in full and
+  written to the ledger as an ``estimated`` record: an unsettled reservation counts as spent,
+  never as free.
+- Budget counters are keyed by period id (``2026-11``, ``2026-W48``, ``2026-11-28``, ``total``),
+  so a rollover is just a new key: atomic, and the closed period stays queryable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+UNLIMITED = -1
+
+
+@dataclass(slots=True, frozen=True)
+class ScopeLimit:
+    """One budget scope for one period, e.g. ``team:demo`` in period ``2026-11``."""
+
+    scope: str  # "team:<name>" or "key:<id>"
+    period: str
+    usd_limit_nano: int = UNLIMITED
+    token_limit: int = UNLIMITED
+
+    @property
+    def counter(self) -> str:
+        return f"{self.scope}|{self.period}"
+
+
+@dataclass(slots=True, frozen=True)
+class RateLimit:
+    """A fixed one-minute window counter (rpm counts requests, tpm counts reserved tokens)."""
+
+    kind: str  # "rpm" | "tpm"
+    scope: str
+    limit: int
+    window: int  # epoch minute
+
+
+@dataclass(slots=True)
+class ReserveRequest:
+    team: str
+    lease_id: str
+    now_ms: int
+    lease_ttl_ms: int
+    scopes: list[ScopeLimit]
+    fixed_nano: int  # upper bound of the prompt's cost
+    fixed_tokens: int  # upper bound of the prompt's tokens
+    out_price_pico: int  # upper-bound price of one output token
+    out_tokens_max: int  # requested max_tokens, or the model's max output
+    out_tokens_min: int  # == out_tokens_max unless the reservation is flexible
+    rate_limits: list[RateLimit] = field(default_factory=list)
+    intent: dict[str, Any] = field(default_factory=dict)  # ledger record skeleton (write-ahead)
+
+
+@dataclass(slots=True)
+class ReserveResult:
+    ok: bool
+    reason: str = ""  # "" | "usd" | "tokens" | "rpm" | "tpm"
+    scope: str = ""  # the scope that denied
+    out_tokens: int = 0  # granted output tokens
+    reserved_nano: int = 0
+    reserved_tokens: int = 0
+    remaining_nano: int = UNLIMITED  # tightest scope after this reservation
+    remaining_tokens: int = UNLIMITED
+    rate_remaining: dict[str, int] = field(default_factory=dict)  # "rpm:team:x" -> remaining
+
+
+@dataclass(slots=True)
+class Settlement:
+    team: str
+    lease_id: str
+    cost_nano: int
+    tokens: int
+    record: dict[str, Any]  # the complete ledger record
+    now_ms: int = 0
+
+
+@dataclass(slots=True)
+class ScopeUsage:
+    spent_nano: int = 0
+    spent_tokens: int = 0
+    reserved_nano: int = 0
+    reserved_tokens: int = 0
+    denials: int = 0
+    requests: int = 0
+
+
+@dataclass(slots=True)
+class KeyRecord:
+    key_id: str
+    team: str
+    sha256: str
+    name: str = ""
+    created_ms: int = 0
+    source: str = "admin"  # "admin" | "config"
+
+    def public(self) -> dict[str, Any]:
+        return {"id": self.key_id, "team": self.team, "name": self.name, "created_ms": self.created_ms,
+                "source": self.source}
+
+
+class StoreError(Exception):
+    """The backing store could not answer (connection, timeout). Never raised for a denial."""
+
+
+class Store(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+    async def close(self) -> None: ...
+    async def ping(self) -> bool: ...
+
+    # virtual keys (config keys live in memory; these are the ones created through the admin API)
+    async def get_key(self, sha256: str) -> KeyRecord | None: ...
+    async def create_key(self, record: KeyRecord) -> None: ...
+    async def revoke_key(self, key_id: str) -> bool: ...
+    async def list_keys(self) -> list[KeyRecord]: ...
+    async def revocations(self) -> tuple[int, frozenset[str]]: ...
+
+    # budgets
+    async def reserve(self, req: ReserveRequest) -> ReserveResult: ...
+    async def settle(self, settlement: Settlement) -> bool: ...
+    async def record(self, team: str, record: dict[str, Any], cost_nano: int, tokens: int,
+                     scopes: list[ScopeLimit]) -> bool: ...
+    async def expire_leases(self, team: str, now_ms: int, limit: int = 100) -> int: ...
+    async def scope_usage(self, team: str, scopes: list[ScopeLimit]) -> dict[str, ScopeUsage]: ...
+    async def teams(self) -> list[str]: ...
+
+    # ledger
+    async def ledger(self, team: str, since_ms: int, until_ms: int) -> list[dict[str, Any]]: ...
+
+    # response cache (values are opaque bytes)
+    async def cache_get(self, team: str, key: str) -> bytes | None: ...
+    async def cache_set(self, team: str, key: str, value: bytes, ttl_s: int) -> None: ...
+    async def cache_lock(self, team: str, key: str, ttl_ms: int) -> bool: ...
+    async def cache_unlock(self, team: str, key: str) -> None: ...

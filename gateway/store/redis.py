@@ -1,0 +1,302 @@
+"""The production store: Redis, shared by any number of gateway replicas.
+
+Every budget operation is one Lua script (one round trip) over keys that share the team's hash
+tag ``{team}``, so it is atomic and works unchanged on Redis Cluster. Connection failures and
+timeouts surface as ``StoreError``; the budget layer applies the team's ``on_store_error``.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError, RedisError
+
+from gateway import jsonutil
+from gateway.store.base import (
+    KeyRecord,
+    ReserveRequest,
+    ReserveResult,
+    ScopeLimit,
+    ScopeUsage,
+    Settlement,
+    StoreError,
+)
+from gateway.store.rollup import hour_bucket, ledger_day
+
+_ROLLUP_TTL_S = 400 * 86400
+_LEDGER_SLACK_MS = 86_400_000  # expired leases land in the stream up to a lease TTL after ts_ms
+
+
+def _lua(name: str) -> str:
+    return (resources.files("gateway.store") / "lua" / name).read_text(encoding="utf-8")
+
+
+class _Script:
+    """EVALSHA with a transparent reload after a SCRIPT FLUSH or a failover to a fresh node."""
+
+    def __init__(self, client: aioredis.Redis, body: str) -> None:
+        self.client = client
+        self.body = body
+        self.sha = ""
+
+    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
+        if not self.sha:
+            self.sha = await self.client.script_load(self.body)
+        try:
+            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.sha = await self.client.script_load(self.body)
+            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+def _k(team: str, suffix: str) -> str:
+    return f"gw:{{{team}}}:{suffix}"
+
+
+class RedisStore:
+    name = "redis"
+
+    def __init__(self, url: str, pool_size: int = 64, socket_timeout_s: float = 0.5) -> None:
+        self.url = url
+        self.client: aioredis.Redis = aioredis.from_url(
+            url,
+            max_connections=pool_size,
+            socket_timeout=socket_timeout_s,
+            socket_connect_timeout=socket_timeout_s,
+            health_check_interval=30,
+            decode_responses=False,
+        )
+        common = _lua("common.lua")
+        self._reserve = _Script(self.client, common + _lua("reserve.lua"))
+        self._settle = _Script(self.client, common + _lua("settle.lua"))
+        self._record = _Script(self.client, common + _lua("record.lua"))
+        self._expire = _Script(self.client, common + _lua("expire.lua"))
+        self._known_teams: set[str] = set()
+
+    async def start(self) -> None:
+        """Never fails: the gateway must start while Redis is down (the budget layer decides per team)."""
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.client.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def _call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys, args)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    # ------------------------------------------------------------------ keys
+
+    async def get_key(self, sha256: str) -> KeyRecord | None:
+        try:
+            raw = await self.client.get(f"gw:key:{sha256}")
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return None if raw is None else KeyRecord(**jsonutil.loads(raw))
+
+    async def create_key(self, record: KeyRecord) -> None:
+        data = jsonutil.dumps({"key_id": record.key_id, "team": record.team, "sha256": record.sha256,
+                               "name": record.name, "created_ms": record.created_ms, "source": record.source})
+        try:
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.set(f"gw:key:{record.sha256}", data)
+                pipe.hset("gw:keyids", record.key_id, record.sha256)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def revoke_key(self, key_id: str) -> bool:
+        try:
+            sha = await self.client.hget("gw:keyids", key_id)
+            async with self.client.pipeline(transaction=False) as pipe:
+                pipe.sadd("gw:revoked", key_id)
+                pipe.incr("gw:revoked:v")
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return sha is not None
+
+    async def list_keys(self) -> list[KeyRecord]:
+        try:
+            shas = await self.client.hgetall("gw:keyids")
+            revoked = await self.client.smembers("gw:revoked")
+            raws = await self.client.mget([f"gw:key:{s.decode()}" for s in shas.values()]) if shas else []
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        keys = [KeyRecord(**jsonutil.loads(r)) for r in raws if r is not None]
+        return [k for k in keys if k.key_id.encode() not in revoked]
+
+    async def revocations(self) -> tuple[int, frozenset[str]]:
+        try:
+            version = int(await self.client.get("gw:revoked:v") or 0)
+            ids = await self.client.smembers("gw:revoked") if version else set()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return version, frozenset(i.decode() for i in ids)
+
+    # ------------------------------------------------------------------ budgets
+
+    def _team_keys(self, team: str) -> list[str]:
+        return [_k(team, "budget"), _k(team, "lease_exp"), _k(team, "leases"), _k(team, "ledger")]
+
+    async def reserve(self, req: ReserveRequest) -> ReserveResult:
+        window = req.rate_limits[0].window if req.rate_limits else 0
+        args: list[Any] = [
+            req.lease_id, req.now_ms, req.lease_ttl_ms, req.fixed_nano, req.fixed_tokens,
+            req.out_price_pico, req.out_tokens_max, req.out_tokens_min, jsonutil.dumps(req.intent),
+            len(req.scopes),
+        ]
+        for s in req.scopes:
+            args += [s.counter, s.usd_limit_nano, s.token_limit]
+        args.append(len(req.rate_limits))
+        for rl in req.rate_limits:
+            args += [f"{rl.kind}|{rl.scope}", rl.limit]
+        keys = [*self._team_keys(req.team), _k(req.team, f"rate:{window}")]
+        raw = await self._call(self._reserve, keys, args)
+        await self._remember_team(req.team)
+        return _reserve_result(raw)
+
+    async def _remember_team(self, team: str) -> None:
+        if team in self._known_teams:
+            return
+        try:
+            await self.client.sadd("gw:teams", team)
+            self._known_teams.add(team)
+        except (RedisError, OSError):
+            pass  # only the report's team list; retried on the next reserve
+
+    async def settle(self, settlement: Settlement) -> bool:
+        rec = settlement.record
+        keys = [*self._team_keys(settlement.team)[:4], _k(settlement.team, f"roll:{hour_bucket(rec['ts_ms'])}")]
+        args: list[Any] = [settlement.lease_id, settlement.cost_nano, settlement.tokens, jsonutil.dumps(rec),
+                           _ROLLUP_TTL_S, *_rollup_args(rec)]
+        return bool(await self._call(self._settle, keys, args))
+
+    async def record(self, team: str, record: dict[str, Any], cost_nano: int, tokens: int,
+                     scopes: list[ScopeLimit]) -> bool:
+        ts = int(record["ts_ms"])
+        keys = [_k(team, "budget"), _k(team, f"seen:{ledger_day(ts)}"), _k(team, "ledger"),
+                _k(team, f"roll:{hour_bucket(ts)}")]
+        args: list[Any] = [record["request_id"], cost_nano, tokens, jsonutil.dumps(record), _ROLLUP_TTL_S,
+                           len(scopes), *[s.counter for s in scopes], *_rollup_args(record)]
+        await self._remember_team(team)
+        return bool(await self._call(self._record, keys, args))
+
+    async def expire_leases(self, team: str, now_ms: int, limit: int = 100) -> int:
+        return int(await self._call(self._expire, self._team_keys(team), [now_ms, limit]))
+
+    async def scope_usage(self, team: str, scopes: list[ScopeLimit]) -> dict[str, ScopeUsage]:
+        fields = [f"{s.counter}|{f}" for s in scopes for f in ("sn", "st", "rn", "rt", "dn", "rq")]
+        try:
+            values = await self.client.hmget(_k(team, "budget"), fields) if fields else []
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        nums = [int(v) if v is not None else 0 for v in values]
+        return {s.counter: ScopeUsage(*nums[i * 6:(i + 1) * 6]) for i, s in enumerate(scopes)}
+
+    async def teams(self) -> list[str]:
+        try:
+            return sorted(t.decode() for t in await self.client.smembers("gw:teams"))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    # ------------------------------------------------------------------ ledger
+
+    async def ledger(self, team: str, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        start = f"{max(0, since_ms)}-0"
+        end = f"{until_ms + _LEDGER_SLACK_MS}-0"
+        try:
+            while True:
+                batch = await self.client.xrange(_k(team, "ledger"), start, end, count=5000)
+                if not batch:
+                    break
+                for entry_id, fields in batch:
+                    rec = _ledger_entry(fields)
+                    if since_ms <= int(rec.get("ts_ms", 0)) < until_ms:
+                        out.append(rec)
+                last = batch[-1][0].decode()
+                start = "(" + last
+                if len(batch) < 5000:
+                    break
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return out
+
+    async def trim_ledger(self, team: str, older_than_ms: int) -> int:
+        """Retention: drop stream entries older than the cutoff (rollups keep their own TTL)."""
+        try:
+            return int(await self.client.xtrim(_k(team, "ledger"), minid=f"{older_than_ms}-0", approximate=True))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    # ------------------------------------------------------------------ cache
+
+    async def cache_get(self, team: str, key: str) -> bytes | None:
+        try:
+            value: bytes | None = await self.client.get(_k(team, f"c:{key}"))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        return value
+
+    async def cache_set(self, team: str, key: str, value: bytes, ttl_s: int) -> None:
+        try:
+            await self.client.set(_k(team, f"c:{key}"), value, ex=ttl_s)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def cache_lock(self, team: str, key: str, ttl_ms: int) -> bool:
+        try:
+            return bool(await self.client.set(_k(team, f"cl:{key}"), b"1", nx=True, px=ttl_ms))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def cache_unlock(self, team: str, key: str) -> None:
+        try:
+            await self.client.delete(_k(team, f"cl:{key}"))
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+
+def _reserve_result(raw: list[Any]) -> ReserveResult:
+    def s(v: Any) -> str:
+        return v.decode() if isinstance(v, bytes) else str(v)
+
+    rate = {s(raw[i]).replace("|", ":", 1): int(raw[i + 1]) for i in range(8, len(raw), 2)}
+    return ReserveResult(
+        ok=int(raw[0]) == 1, reason=s(raw[1]), scope=s(raw[2]).split("|")[0], out_tokens=int(raw[3]),
+        reserved_nano=int(raw[4]), reserved_tokens=int(raw[5]), remaining_nano=int(raw[6]),
+        remaining_tokens=int(raw[7]), rate_remaining=rate,
+    )
+
+
+def _ledger_entry(fields: dict[bytes, bytes]) -> dict[str, Any]:
+    rec: dict[str, Any] = jsonutil.loads(fields.get(b"r", b"{}"))
+    if fields.get(b"status") == b"expired":  # written by the Lua expiry: the lease's full reservation
+        rec["cost_nano"] = int(fields[b"cost_nano"])
+        rec["status"] = "expired"
+        rec["estimated"] = True
+        rec["settled_ms"] = int(fields[b"settled_ms"])
+        rec.setdefault("usage", {})
+    return rec
+
+
+def _rollup_args(rec: dict[str, Any]) -> list[Any]:
+    """Hourly rollups per model and per tag: cost, requests, input and output tokens."""
+    usage = rec.get("usage") or {}
+    model = rec.get("served_model") or rec.get("requested_model") or "-"
+    pairs: list[Any] = []
+    dims = [f"model={model}"] + [f"tag={k}:{v}" for k, v in (rec.get("tags") or {}).items()]
+    for dim in dims:
+        pairs += [f"{dim}|cost_nano", int(rec.get("cost_nano", 0)), f"{dim}|requests", 1,
+                  f"{dim}|input_tokens", int(usage.get("input_tokens", 0)),
+                  f"{dim}|output_tokens", int(usage.get("output_tokens", 0))]
+    return [len(pairs) // 2, *pairs]

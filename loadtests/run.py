@@ -1,0 +1,560 @@
+"""One command for the whole load test: upstream, Redis, minimal proxy, gateway, every scenario, report.
+
+    python loadtests/run.py [--quick] [--scenarios miss_full,cache_hit] [--duration S]
+                            [--out loadtests/results/] [--soak-minutes 10]
+
+Each scenario measures, in the same run and under the same pinning: the upstream
+directly, the minimal aiohttp proxy (loadtests/minimal_proxy.py) and the gateway.
+Writes <out>/<date>-<commit>.json and .md. See loadtests/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.util
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+import procstat  # noqa: E402
+import report  # noqa: E402
+from static_upstream.nginx_upstream import find_nginx, nginx_argv  # noqa: E402
+from supervisor import (  # noqa: E402
+    Child,
+    Pinning,
+    StartupError,
+    Supervisor,
+    http_ok,
+    python_cmd,
+    redis_command,
+    redis_ready,
+    tcp_open,
+    terminating_signals,
+)
+
+HOST = "127.0.0.1"
+SCEN = HERE / "scenarios"
+CONFIGS = HERE / "configs"
+STREAM_PACING_MS = 20
+STREAM_CONCURRENCY = 256
+THROUGHPUT_CONNECTIONS = 16
+
+DEFAULT_GATEWAY_CMD = "{python} -m gateway serve --config {config} --host {host} --port {port} --workers {workers}"
+DEFAULT_MOCK_CMD = (
+    "{python} -m gateway mock-upstream --host {host} --port {port} --latency-ms {latency_ms} "
+    "--chunk-delay-ms {chunk_delay_ms} --completion-tokens {completion_tokens}"
+)
+# Used only while the `gateway` CLI has no __main__ yet: the same mock, by module.
+FALLBACK_MOCK_CMD = DEFAULT_MOCK_CMD.replace("-m gateway mock-upstream", "-m gateway.mock_upstream")
+MINIMAL_CMD = "{python} " + str(HERE / "minimal_proxy.py") + " --host {host} --port {port} --upstream {upstream}"
+LITELLM_CMD = "litellm --config {workdir}/litellm.yaml --host {host} --port {port} --num_workers 1"
+LITELLM_YAML = """model_list:
+  - model_name: gpt-4o-mini
+    litellm_params: {{model: openai/gpt-4o-mini, api_base: "{upstream}/v1", api_key: sk-loadtest-upstream}}
+"""
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass(frozen=True)
+class ScenarioSpec:
+    name: str
+    what: str
+    body: str
+    config: str = "full.yaml"
+    keys: tuple[str, ...] = ("--key", "sk-demo")
+    upstream: str = "static"  # "static" (nginx or mock, no delay) or "paced" (mock, 20 ms chunks)
+    kind: str = "compare"  # compare | stream | workers | idle | soak
+
+
+MANY_KEYS = ("--key-prefix", "sk-load-", "--key-count", "1000")
+SCENARIOS: dict[str, ScenarioSpec] = {
+    s.name: s
+    for s in (
+        ScenarioSpec("miss_full", "non-streamed ~300-token chat, unique prompt per request (cache miss), "
+                     "every feature on", "chat_300.json"),
+        ScenarioSpec("stream_paced", f"{STREAM_CONCURRENCY} concurrent streams, upstream paces chunks "
+                     f"{STREAM_PACING_MS} ms apart", "chat_300_stream.json", upstream="paced", kind="stream"),
+        ScenarioSpec("cache_hit", "fixed body, temperature 0: every request after the first is a cache hit",
+                     "chat_300_fixed.json"),
+        ScenarioSpec("many_keys", "100 teams / 1,000 keys, key rotated per request, cache miss",
+                     "chat_300.json", config="many_keys.yaml", keys=MANY_KEYS),
+        ScenarioSpec("large_prompt", "~30k-token prompt, cache miss", "large_prompt_30k.json"),
+        ScenarioSpec("workers2", "max throughput with --workers 2 (all cores) vs --workers 1 (one core)",
+                     "chat_300.json", kind="workers"),
+        ScenarioSpec("idle_rss", "RSS per worker at idle, after start and after some traffic",
+                     "chat_300.json", kind="idle"),
+        ScenarioSpec("soak", "open loop at 50% of max throughput, RSS sampled every 10 s",
+                     "chat_300.json", kind="soak"),
+    )
+}  # fmt: skip
+DEFAULT_ORDER = ["miss_full", "stream_paced", "cache_hit", "many_keys", "large_prompt", "workers2", "idle_rss"]
+
+
+@dataclass
+class Durations:
+    c1: float
+    throughput: float
+    stream: float
+    warmup: float
+    idle_wait: float
+    stream_tokens: int
+    soak_sample_s: float = 10.0
+
+    @classmethod
+    def pick(cls, quick: bool, override: float | None) -> Durations:
+        d = cls(2, 3, 4, 1, 2, 25) if quick else cls(10, 15, 20, 2, 10, 50)
+        if override:
+            d.c1 = d.throughput = d.stream = override
+        return d
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Run:
+    args: argparse.Namespace
+    sup: Supervisor
+    pin: Pinning
+    dur: Durations
+    workdir: Path
+    redis_port: int = 0
+    upstreams: dict[str, tuple[Child, str, str]] = field(default_factory=dict)  # kind -> child, url, impl
+    warnings: list[str] = field(default_factory=list)
+
+    # ---- processes
+
+    def fmt(self, template: str, **values: Any) -> list[str]:
+        base = {"python": python_cmd(), "host": HOST, "workdir": str(self.workdir)}
+        return shlex.split(template.format(**base, **values))
+
+    def start_redis(self) -> None:
+        redis = shutil.which("redis-server")
+        if redis is None:
+            raise SystemExit("redis-server not found (apt-get install -y redis-server)")
+        self.redis_port = self.sup.free_port()
+        argv = [redis, "--port", str(self.redis_port), "--bind", HOST, "--save", "", "--appendonly", "no",
+                "--protected-mode", "yes", "--dir", str(self.workdir)]  # fmt: skip
+        child = self.sup.start("redis", argv, self.pin.aux, port=self.redis_port)
+        self.sup.wait_ready(child, redis_ready(self.redis_port), 15)
+
+    def mock_cmd(self) -> str:
+        if self.args.mock_cmd:
+            return str(self.args.mock_cmd)
+        if importlib.util.find_spec("gateway.__main__") is None:
+            self.note("`python -m gateway` not available yet: using `python -m gateway.mock_upstream`")
+            return FALLBACK_MOCK_CMD
+        return DEFAULT_MOCK_CMD
+
+    def upstream(self, kind: str) -> tuple[Child, str, str]:
+        """The upstream for a scenario, started on first use and shared by later scenarios."""
+        if kind in self.upstreams:
+            return self.upstreams[kind]
+        port = self.sup.free_port()
+        use_nginx = kind == "static" and self.args.upstream in ("auto", "nginx") and find_nginx() is not None
+        if kind == "static" and self.args.upstream == "nginx" and not use_nginx:
+            raise SystemExit("--upstream nginx: nginx is not installed (apt-get install -y nginx)")
+        if use_nginx:
+            argv, impl = nginx_argv(port, self.workdir / f"nginx-{port}"), "nginx"
+        else:
+            paced = kind == "paced"
+            argv = self.fmt(self.mock_cmd(), port=port, latency_ms=0,
+                            chunk_delay_ms=STREAM_PACING_MS if paced else 0,
+                            completion_tokens=self.dur.stream_tokens if paced else 16)  # fmt: skip
+            impl = "mock" + (f" ({STREAM_PACING_MS} ms chunks)" if paced else "")
+        child = self.sup.start(f"upstream-{kind}", argv, self.pin.aux, port=port)
+        self.sup.wait_ready(child, tcp_open(port), 30)
+        self.upstreams[kind] = (child, f"http://{HOST}:{port}", impl)
+        return self.upstreams[kind]
+
+    def gateway_env(self, upstream: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(
+            LOADTEST_UPSTREAM_URL=upstream,  # origin, no /v1: configs append the provider's path
+            LOADTEST_UPSTREAM_OPENAI_URL=upstream + "/v1",
+            GATEWAY_REDIS_URL=f"redis://{HOST}:{self.redis_port}/0",
+            PYTHONUNBUFFERED="1",
+        )
+        env.setdefault("OPENAI_API_KEY", "sk-loadtest-upstream")
+        env.setdefault("ANTHROPIC_API_KEY", "sk-ant-loadtest-upstream")
+        return env
+
+    def start_gateway(self, spec: ScenarioSpec, upstream: str, workers: int = 1, cpus: str | None = None) -> Child:
+        template = self.args.gateway_cmd or DEFAULT_GATEWAY_CMD
+        config = CONFIGS / spec.config
+        if "{config}" in template and not config.exists():
+            raise StartupError(f"gateway config {config} does not exist")
+        port = self.sup.free_port()
+        argv = self.fmt(template, port=port, config=config, workers=workers, upstream=upstream,
+                        redis_url=f"redis://{HOST}:{self.redis_port}/0")  # fmt: skip
+        child = self.sup.start(f"gateway-{spec.name}-w{workers}", argv, cpus or self.pin.target,
+                               env=self.gateway_env(upstream), port=port)  # fmt: skip
+        self.sup.wait_ready(child, http_ok(port), 90)
+        return child
+
+    def start_minimal(self, name: str, upstream: str) -> Child:
+        port = self.sup.free_port()
+        child = self.sup.start(f"minimal-{name}", self.fmt(MINIMAL_CMD, port=port, upstream=upstream),
+                               self.pin.target, port=port)  # fmt: skip
+        self.sup.wait_ready(child, http_ok(port), 30)
+        return child
+
+    def start_peer(self, name: str, upstream: str) -> Child | None:
+        template = self.args.peer_cmd or (LITELLM_CMD if self.args.peer == "litellm" else None)
+        if template is None:
+            return None
+        if self.args.peer == "litellm" and not self.args.peer_cmd:
+            if shutil.which("litellm") is None:
+                self.note("--peer litellm: `litellm` is not on PATH (pip install 'litellm[proxy]'); skipped")
+                return None
+            (self.workdir / "litellm.yaml").write_text(LITELLM_YAML.format(upstream=upstream))
+        port = self.sup.free_port()
+        child = self.sup.start(f"peer-{name}", self.fmt(template, port=port, upstream=upstream),
+                               self.pin.target, env=self.gateway_env(upstream), port=port)  # fmt: skip
+        self.sup.wait_ready(child, tcp_open(port), 120)
+        return child
+
+    def note(self, message: str) -> None:
+        if message not in self.warnings:
+            self.warnings.append(message)
+            print(f"  note: {message}", flush=True)
+
+    def flush_redis(self) -> None:
+        redis_command(self.redis_port, "FLUSHALL")
+
+    # ---- measurements
+
+    def loadgen(self, label: str, url: str, spec: ScenarioSpec, extra: list[str],
+                watch: dict[str, int], timeout: float) -> dict[str, Any]:  # fmt: skip
+        out = self.workdir / f"loadgen-{label}.json"
+        argv = [python_cmd(), str(HERE / "loadgen.py"), "--url", url + "/v1/chat/completions",
+                "--scenario", str(SCEN / spec.body), "--out", str(out), *spec.keys, *extra]  # fmt: skip
+        for name, pid in watch.items():
+            argv += ["--watch-pid", f"{name}={pid}"]
+        child = self.sup.start(f"loadgen-{label}", argv, self.pin.aux)
+        try:
+            rc = child.proc.wait(timeout)
+        except subprocess.TimeoutExpired as exc:
+            raise RuntimeError(f"load generator {label} timed out:\n{child.log_tail()}") from exc
+        finally:
+            self.sup.stop(child)
+        if rc != 0:
+            raise RuntimeError(f"load generator {label} failed ({rc}):\n{child.log_tail()}")
+        result: dict[str, Any] = orjson.loads(out.read_bytes())
+        return result
+
+    def closed(self, label: str, url: str, spec: ScenarioSpec, connections: int, duration: float,
+               watch: dict[str, int], driver: str | None = None) -> dict[str, Any]:  # fmt: skip
+        extra = ["--mode", "closed", "-c", str(connections), "--duration", str(duration),
+                 "--warmup", str(self.dur.warmup), "--driver", driver or self.args.driver]  # fmt: skip
+        return self.loadgen(label, url, spec, extra, watch, duration + self.dur.warmup + 120)
+
+    def stream(self, label: str, url: str, spec: ScenarioSpec, watch: dict[str, int]) -> dict[str, Any]:
+        stream_s = self.dur.stream_tokens * STREAM_PACING_MS / 1000
+        extra = ["--mode", "closed", "-c", str(STREAM_CONCURRENCY), "--duration", str(self.dur.stream),
+                 "--warmup", str(self.dur.warmup), "--ramp", f"{stream_s:.3f}",
+                 "--stall-ms", str(5 * STREAM_PACING_MS), "--driver", "python"]  # fmt: skip
+        return self.loadgen(label, url, spec, extra, watch, self.dur.stream + self.dur.warmup + stream_s + 120)
+
+    # ---- scenarios
+
+    def targets(self, spec: ScenarioSpec, upstream: Child, upstream_url: str,
+                started: list[Child]) -> list[tuple[str, Child]]:  # fmt: skip
+        """(name, process) for each target, in measurement order; direct's process is the upstream.
+
+        The gateway starts first so a broken gateway fails the scenario before any time is spent."""
+        gateway = self.start_gateway(spec, upstream_url)
+        started.append(gateway)
+        minimal = self.start_minimal(spec.name, upstream_url)
+        started.append(minimal)
+        out = [("direct", upstream), ("minimal", minimal)]
+        peer = self.start_peer(spec.name, upstream_url)
+        if peer is not None:
+            started.append(peer)
+            out.append(("peer", peer))
+        return [*out, ("gateway", gateway)]
+
+    def run_compare(self, spec: ScenarioSpec) -> dict[str, Any]:
+        up, up_url, impl = self.upstream(spec.upstream)
+        result: dict[str, Any] = {"upstream": impl, "measurements": {}, "processes": {}}
+        started: list[Child] = []
+        try:
+            targets = self.targets(spec, up, up_url, started)
+            for name, child in targets:
+                watch = {"target": child.pid, "upstream": up.pid, "redis": self.redis_child().pid}
+                url = f"http://{HOST}:{child.port}"
+                m = result["measurements"]
+                if spec.kind == "stream":
+                    m.setdefault("streams", {})[name] = self.stream(f"{spec.name}-{name}", url, spec, watch)
+                else:
+                    m.setdefault("c1", {})[name] = self.closed(f"{spec.name}-{name}-c1", url, spec, 1,
+                                                               self.dur.c1, watch)  # fmt: skip
+                    m.setdefault("throughput", {})[name] = self.closed(
+                        f"{spec.name}-{name}-c{THROUGHPUT_CONNECTIONS}", url, spec, THROUGHPUT_CONNECTIONS,
+                        self.dur.throughput, watch)  # fmt: skip
+                self.progress(spec.name, name, m)
+            for name, child in targets:
+                if name != "direct":
+                    result["processes"][name] = procstat.memory(child.pid).as_dict()
+        finally:
+            for child in started:
+                self.sup.stop(child)
+        return result
+
+    def run_workers(self, spec: ScenarioSpec) -> dict[str, Any]:
+        up, up_url, impl = self.upstream(spec.upstream)
+        result: dict[str, Any] = {"upstream": impl, "measurements": {"throughput": {}}, "processes": {}}
+        for workers, cpus in ((1, self.pin.target), (2, self.pin.both)):
+            gw = self.start_gateway(spec, up_url, workers=workers, cpus=cpus)
+            try:
+                name = f"gateway_w{workers}"
+                watch = {"target": gw.pid, "upstream": up.pid, "redis": self.redis_child().pid}
+                result["measurements"]["throughput"][name] = self.closed(
+                    f"{spec.name}-w{workers}", f"http://{HOST}:{gw.port}", spec, THROUGHPUT_CONNECTIONS,
+                    self.dur.throughput, watch)  # fmt: skip
+                result["processes"][name] = procstat.memory(gw.pid).as_dict()
+                self.progress(spec.name, name, result["measurements"])
+            finally:
+                self.sup.stop(gw)
+        if not self.pin.enabled:
+            self.note("workers2 without pinning compares 1 vs 2 workers on the same unpinned cores")
+        return result
+
+    def run_idle(self, spec: ScenarioSpec) -> dict[str, Any]:
+        up, up_url, impl = self.upstream(spec.upstream)
+        result: dict[str, Any] = {"upstream": impl, "processes": {}}
+        for name, start in (("gateway", lambda: self.start_gateway(spec, up_url)),
+                            ("minimal", lambda: self.start_minimal(spec.name, up_url))):  # fmt: skip
+            child = start()
+            try:
+                time.sleep(self.dur.idle_wait)
+                after_start = procstat.memory(child.pid).as_dict()
+                self.closed(f"{spec.name}-{name}-traffic", f"http://{HOST}:{child.port}", spec, 4, 1.0,
+                            {}, driver="python")  # fmt: skip
+                time.sleep(self.dur.idle_wait)
+                result["processes"][name] = {"after_start": after_start,
+                                             "after_traffic": procstat.memory(child.pid).as_dict()}  # fmt: skip
+            finally:
+                self.sup.stop(child)
+        print(f"  idle RSS: {result['processes']}", flush=True)
+        return result
+
+    def run_soak(self, spec: ScenarioSpec) -> dict[str, Any]:
+        up, up_url, impl = self.upstream(spec.upstream)
+        minutes = self.args.soak_minutes or (0.5 if self.args.quick else 10)
+        gw = self.start_gateway(spec, up_url)
+        try:
+            watch = {"target": gw.pid, "upstream": up.pid}
+            url = f"http://{HOST}:{gw.port}"
+            peak = self.closed(f"{spec.name}-max", url, spec, THROUGHPUT_CONNECTIONS, self.dur.throughput, watch)
+            rate = max(1.0, 0.5 * float(peak["rps"]))
+            print(f"  soak: {minutes} min open loop at {rate:.0f} req/s (50% of {peak['rps']})", flush=True)
+            duration = minutes * 60
+            out = self.workdir / "loadgen-soak.json"
+            argv = [python_cmd(), str(HERE / "loadgen.py"), "--url", url + "/v1/chat/completions",
+                    "--scenario", str(SCEN / spec.body), "--out", str(out), *spec.keys, "--mode", "open",
+                    "--rate", f"{rate:.1f}", "--duration", str(duration), "--warmup", str(self.dur.warmup),
+                    "--max-inflight", "512", "--watch-pid", f"target={gw.pid}"]  # fmt: skip
+            lg = self.sup.start("loadgen-soak", argv, self.pin.aux)
+            samples = self.sample_rss(gw, lg, duration + self.dur.warmup + 120)
+            if lg.proc.returncode != 0:
+                raise RuntimeError(f"soak load generator failed:\n{lg.log_tail()}")
+            self.sup.stop(lg)
+            load = orjson.loads(out.read_bytes())
+        finally:
+            self.sup.stop(gw)
+        return {"upstream": impl, "minutes": minutes, "rate": rate, "max_rps": peak["rps"],
+                "load": load, "rss_samples": samples, **rss_growth(samples)}  # fmt: skip
+
+    def sample_rss(self, gw: Child, lg: Child, timeout: float) -> list[dict[str, float]]:
+        period = 2.0 if self.args.quick else self.dur.soak_sample_s
+        samples, t0 = [], time.monotonic()
+        while lg.proc.poll() is None and time.monotonic() - t0 < timeout:
+            time.sleep(min(period, max(0.0, t0 + (len(samples) + 1) * period - time.monotonic())))
+            mem = procstat.memory(gw.pid)
+            samples.append({"t_s": round(time.monotonic() - t0, 1), "rss_total_mb": round(mem.rss_total_mb, 1),
+                            "rss_max_mb": round(mem.rss_max_mb, 1)})  # fmt: skip
+        lg.proc.wait(10)
+        return samples
+
+    def redis_child(self) -> Child:
+        return next(c for c in self.sup.children if c.name == "redis")
+
+    def progress(self, scenario: str, target: str, m: dict[str, dict[str, dict[str, Any]]]) -> None:
+        parts = []
+        for kind, by_target in m.items():
+            r = by_target.get(target)
+            if r:
+                lat = r["latency_ms"]
+                text = f"{kind}: {r['rps']:.0f} req/s p50 {lat['p50']} ms p99 {lat['p99']} ms"
+                if "ttfb_ms" in r:
+                    text += f" ttfb p99 {r['ttfb_ms']['p99']} ms gap p99 {r['gap_ms']['p99']} ms"
+                parts.append(text + (f" errors {r['errors']}" if r["error_count"] else ""))
+        print(f"  {scenario:<13} {target:<11} " + " | ".join(parts), flush=True)
+
+    def run_scenario(self, name: str) -> dict[str, Any]:
+        spec = SCENARIOS[name]
+        self.flush_redis()
+        runner: Callable[[ScenarioSpec], dict[str, Any]] = {
+            "compare": self.run_compare, "stream": self.run_compare, "workers": self.run_workers,
+            "idle": self.run_idle, "soak": self.run_soak,
+        }[spec.kind]  # fmt: skip
+        t0 = time.monotonic()
+        print(f"[{name}] {spec.what}", flush=True)
+        result = runner(spec)
+        result.update(description=spec.what, config=spec.config, body=spec.body, kind=spec.kind,
+                      wall_s=round(time.monotonic() - t0, 1))  # fmt: skip
+        return result
+
+
+def rss_growth(samples: list[dict[str, float]]) -> dict[str, float | None]:
+    """Growth from the first sample (taken after warmup) to the last and to the peak."""
+    if len(samples) < 2:
+        return {"rss_growth_pct": None, "rss_peak_growth_pct": None}
+    first = samples[0]["rss_total_mb"] or 1.0
+    return {
+        "rss_growth_pct": round((samples[-1]["rss_total_mb"] - first) / first * 100, 2),
+        "rss_peak_growth_pct": round((max(s["rss_total_mb"] for s in samples) - first) / first * 100, 2),
+    }
+
+
+# --------------------------------------------------------------------------- metadata
+
+
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+
+
+def tool_version(argv: list[str]) -> str | None:
+    if shutil.which(argv[0]) is None and not os.path.exists(argv[0]):
+        return None
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    text = (proc.stdout + proc.stderr).strip().splitlines()
+    return text[0] if text else None
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem_kib = int(f.readline().split()[1])
+    return {
+        "cpu_model": model, "nproc": os.cpu_count(), "usable_cpus": sorted(os.sched_getaffinity(0)),
+        "kernel": platform.release(), "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "python": platform.python_version(),
+        "wrk": tool_version(["wrk", "--version"]), "nginx": tool_version([find_nginx() or "nginx", "-v"]),
+        "redis": tool_version(["redis-server", "--version"]),
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="Run the gateway load tests and write a JSON + Markdown report.")
+    p.add_argument("--quick", action="store_true", help="a few seconds per measurement (~1-2 min in all)")
+    p.add_argument("--scenarios", help=f"comma list from {', '.join(SCENARIOS)} (default: all but soak)")
+    p.add_argument("--duration", type=float, help="seconds per measurement (overrides the defaults)")
+    p.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
+    p.add_argument("--upstream", choices=("auto", "nginx", "mock"), default="auto",
+                   help="static upstream: nginx when installed (auto), or the mock with 0 latency")
+    p.add_argument("--driver", choices=("auto", "python", "wrk"), default="auto",
+                   help="closed-loop driver: wrk when installed (auto) or the Python generator")
+    p.add_argument("--soak-minutes", type=float, default=0.0, help="add the soak scenario for M minutes")
+    p.add_argument("--gateway-cmd", help=f"command template for the gateway (default: {DEFAULT_GATEWAY_CMD!r}); "
+                   "placeholders {python} {host} {port} {config} {workers} {upstream} {redis_url}")
+    p.add_argument("--mock-cmd", help=f"command template for the mock upstream (default: {DEFAULT_MOCK_CMD!r})")
+    p.add_argument("--peer", choices=("litellm",), help="also measure another gateway (needs it installed)")
+    p.add_argument("--peer-cmd", help="command template for a peer target: {python} {host} {port} {upstream}")
+    p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
+    p.add_argument("--keep-work", action="store_true", help="keep the temp dir with logs and raw results")
+    return p.parse_args(argv)  # fmt: skip
+
+
+def selected(args: argparse.Namespace) -> list[str]:
+    names = [s.strip() for s in args.scenarios.split(",") if s.strip()] if args.scenarios else list(DEFAULT_ORDER)
+    if args.soak_minutes and "soak" not in names:
+        names.append("soak")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    names = selected(args)
+    pin = Pinning(enabled=not args.no_pin)
+    if pin.warning:
+        print(f"WARNING: {pin.warning}", file=sys.stderr, flush=True)
+    if pin.enabled:  # keep this orchestrator off the measured core too
+        os.sched_setaffinity(0, {int(pin.aux)})
+    now = dt.datetime.now().astimezone()
+    commit = git("rev-parse", "--short=10", "HEAD") or "nocommit"
+    workdir = Path(tempfile.mkdtemp(prefix="loadtest-"))
+    sup = Supervisor(workdir, pin)
+    run = Run(args, sup, pin, Durations.pick(args.quick, args.duration), workdir)
+    if pin.warning:
+        run.warnings.append(pin.warning)
+    results: dict[str, Any] = {"scenarios": {}}
+    failed: dict[str, str] = {}
+    print(f"logs and raw results: {workdir}", flush=True)
+    try:
+        with terminating_signals():
+            run.start_redis()
+            for name in names:
+                try:
+                    results["scenarios"][name] = run.run_scenario(name)
+                except (StartupError, RuntimeError) as exc:
+                    failed[name] = str(exc)
+                    print(f"[{name}] FAILED: {exc}", file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        print("interrupted: stopping children", file=sys.stderr, flush=True)
+        return 130
+    finally:
+        sup.stop_all()
+    results["meta"] = {
+        "date": now.isoformat(timespec="seconds"), "commit": commit,
+        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "machine": machine_info(), "pinning": pin.describe(), "quick": args.quick,
+        "durations": vars(run.dur), "driver": args.driver, "argv": sys.argv[1:],
+        "gateway_cmd": args.gateway_cmd or DEFAULT_GATEWAY_CMD, "warnings": run.warnings, "failed": failed,
+        "upstreams": {k: v[2] for k, v in run.upstreams.items()},
+    }  # fmt: skip
+    results["derived"] = report.derive(results)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.out / f"{now:%Y-%m-%d-%H%M%S}-{commit}"
+    stem.with_suffix(".json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    stem.with_suffix(".md").write_text(report.render(results))
+    print(f"wrote {stem}.json and {stem}.md", flush=True)
+    if not args.keep_work and not failed:
+        shutil.rmtree(workdir, ignore_errors=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
