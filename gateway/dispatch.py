@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,14 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.observability.metrics import Metrics
-from gateway.providers.base import Adapter, Timeouts, UpstreamCall, UpstreamClient, UpstreamReply
+from gateway.providers.base import (
+    Adapter,
+    Timeouts,
+    UpstreamCall,
+    UpstreamClient,
+    UpstreamReply,
+    outgoing_headers,
+)
 from gateway.routing import Router
 
 BodyFor = Callable[[ModelSpec, DeploymentSpec], dict[str, Any]]
@@ -66,15 +73,18 @@ class Dispatcher:
 
     async def dispatch(self, *, inbound: str, operation: str, chain: list[ModelSpec], body_for: BodyFor,
                        stream: bool, retry: RetryConfig, timeouts: Timeouts, deadline: float,
-                       fits: Callable[[ModelSpec], bool]) -> Dispatched:
+                       fits: Callable[[ModelSpec], bool], client_headers: Mapping[str, str],
+                       request_id: str) -> Dispatched:
         attempts: list[tuple[str, GatewayError]] = []
+        # Panic mode: if every circuit in the chain is open, try them anyway rather than fail blind.
+        panic = not any(self.router.has_usable(m) for m in chain)
         for model in chain:
             if not fits(model):
                 attempts.append((model.name, ContextWindowExceeded(
                     f"prompt does not fit the {model.context_window}-token context window")))
                 continue
             outcome = await self._try_model(model, inbound, operation, body_for, stream, retry, timeouts,
-                                            deadline, attempts)
+                                            deadline, attempts, client_headers, request_id, panic)
             if outcome is not None:
                 outcome.attempts = attempts
                 if model is not chain[0]:
@@ -88,10 +98,12 @@ class Dispatcher:
 
     async def _try_model(self, model: ModelSpec, inbound: str, operation: str, body_for: BodyFor, stream: bool,
                          retry: RetryConfig, timeouts: Timeouts, deadline: float,
-                         attempts: list[tuple[str, GatewayError]]) -> Dispatched | None:
-        for deployment in self.router.order(model):
+                         attempts: list[tuple[str, GatewayError]], client_headers: Mapping[str, str],
+                         request_id: str, panic: bool) -> Dispatched | None:
+        for deployment in (list(model.deployments) if panic else self.router.order(model)):
             adapter = self.adapters[deployment.provider.type]
-            call = adapter.prepare(inbound, operation, body_for(model, deployment), deployment, stream)
+            headers = outgoing_headers(deployment.provider, client_headers, request_id)
+            call = adapter.prepare(inbound, operation, body_for(model, deployment), deployment, stream, headers)
             for attempt in range(retry.max_attempts):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

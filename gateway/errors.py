@@ -162,7 +162,8 @@ class AllUpstreamsFailed(UpstreamError):
     def __init__(self, attempts: list[tuple[str, GatewayError]]) -> None:
         last = attempts[-1][1] if attempts else UpstreamError("no upstream attempted")
         summary = "; ".join(f"{name}: {err.status} {err.message}" for name, err in attempts)
-        super().__init__(f"all upstream attempts failed ({summary})", headers=dict(last.headers))
+        message = f"all upstream attempts failed ({summary})" if attempts else "no upstream deployment was available"
+        super().__init__(message, headers=dict(last.headers))
         self.attempts = attempts
         self.status = last.status if last.status >= 400 else 502
         self.openai_type = last.openai_type

@@ -340,7 +340,8 @@ class Pipeline:
             sent = await self.dispatcher.dispatch(
                 inbound=ctx.inbound, operation=ctx.operation, chain=chain, body_for=body_for, stream=ctx.stream,
                 retry=cfg.source.routing.retry, timeouts=timeouts, deadline=time.monotonic() + t.total_s,
-                fits=lambda model: self._fits(ctx, model, chain),
+                fits=lambda model: self._fits(ctx, model, chain), client_headers=ctx.headers,
+                request_id=ctx.request_id,
             )
         except BaseException:
             self._release(ctx, upstream_started)

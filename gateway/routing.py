@@ -68,6 +68,16 @@ class Router:
 
     # ------------------------------------------------------------------ breaker
 
+    def has_usable(self, model: ModelSpec, now: float | None = None) -> bool:
+        """Side-effect free: could any deployment take a request now (closed, or due for a probe)?"""
+        now = time.monotonic() if now is None else now
+        for d in model.deployments:
+            b = self.breakers.get(d.id)
+            if b is None or b.state == CLOSED or (b.state == OPEN and now - b.opened_at >= self.cfg.cooldown_s) \
+                    or (b.state == HALF_OPEN and not b.probing):
+                return True
+        return False
+
     def available(self, deployment_id: str, now: float) -> bool:
         b = self.breakers.get(deployment_id)
         if b is None or b.state == CLOSED:

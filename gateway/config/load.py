@@ -77,6 +77,7 @@ def compile_config(source: GatewayConfig, catalog: PriceCatalog, path: str, doc:
         name: ProviderSpec(
             name=name, type=p.type, base_url=p.base_url, api_key=p.api_key, api_version=p.api_version,
             system=p.system or _DEFAULT_SYSTEM[p.type], headers=dict(p.headers), max_connections=p.max_connections,
+            forward=_globs([h.lower() for h in p.forward_headers]) if p.forward_headers else None,
         )
         for name, p in source.providers.items()
     }

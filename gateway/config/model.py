@@ -65,6 +65,9 @@ class ProviderConfig(Strict):
     api_version: str = Field("", description="Azure OpenAI api-version query parameter")
     system: str = Field("", description="OTel gen_ai.provider.name for metrics; defaults from type")
     headers: dict[str, str] = Field(default_factory=dict)
+    forward_headers: list[str] = Field(
+        default_factory=lambda: ["anthropic-beta", "openai-beta"],
+        description="client request headers (globs) passed upstream; auth and hop-by-hop headers never are")
     max_connections: int = Field(256, ge=1)
 
     @field_validator("base_url")

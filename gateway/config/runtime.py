@@ -25,6 +25,7 @@ class ProviderSpec:
     system: str  # OTel gen_ai.provider.name
     headers: dict[str, str]
     max_connections: int
+    forward: re.Pattern[str] | None = None  # client headers passed upstream
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,9 +168,11 @@ def _dimension(name: str) -> Callable[[Record], list[str]]:
 def aggregate(records: Iterable[Record], by: Sequence[str]) -> list[dict[str, Any]]:
     """Group the deduplicated records by ``by`` and sum each group (see :data:`METRIC_COLUMNS`).
 
-    ``by`` names dimensions from :data:`DIMENSIONS`. ``tag`` puts a record in one group per ``key=value``
-    tag pair, so a record with two tags counts in both groups and **totals over a ``tag`` report double
-    count**; every other dimension partitions the records, so the rows sum exactly to :func:`totals`.
+    ``by`` names dimensions from :data:`DIMENSIONS` (``model`` is the served model, ``key`` the key id,
+    ``day`` a UTC ``YYYY-MM-DD``, ``hour`` the UTC hour start ``YYYY-MM-DDTHH:00:00Z``, ``tag:<name>`` that
+    tag's value or ""); each becomes a column of the row. ``tag`` puts a record in one group per ``key=value``
+    pair (an untagged one in ""), so a record with two tags counts in both groups and **totals over a
+    ``tag`` report double count**; any other dimension partitions the records, so rows sum to :func:`totals`.
     Rows are sorted by cost descending, then by group values.
     """
     if len(set(by)) != len(by):

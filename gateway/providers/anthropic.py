@@ -15,7 +15,13 @@ ANTHROPIC_VERSION = "2023-06-01"
 
 class AnthropicAdapter:
     def prepare(
-        self, inbound: str, operation: str, body: dict[str, Any], deployment: DeploymentSpec, stream: bool
+        self,
+        inbound: str,
+        operation: str,
+        body: dict[str, Any],
+        deployment: DeploymentSpec,
+        stream: bool,
+        headers: dict[str, str],
     ) -> UpstreamCall:
         provider = deployment.provider
         if operation != "chat":
@@ -33,11 +39,7 @@ class AnthropicAdapter:
         else:
             body = dict(body)
             body["model"] = deployment.upstream_model
-        headers = {
-            "content-type": "application/json",
-            "anthropic-version": ANTHROPIC_VERSION,
-            **provider.headers,
-        }
+        headers = {"anthropic-version": ANTHROPIC_VERSION, **headers}
         if provider.api_key:
             headers["x-api-key"] = provider.api_key
         return UpstreamCall(

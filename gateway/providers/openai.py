@@ -19,7 +19,13 @@ _PATHS = {"chat": "chat/completions", "text_completion": "completions", "embeddi
 
 class OpenAIAdapter:
     def prepare(
-        self, inbound: str, operation: str, body: dict[str, Any], deployment: DeploymentSpec, stream: bool
+        self,
+        inbound: str,
+        operation: str,
+        body: dict[str, Any],
+        deployment: DeploymentSpec,
+        stream: bool,
+        headers: dict[str, str],
     ) -> UpstreamCall:
         provider = deployment.provider
         if inbound == "anthropic":
@@ -34,7 +40,7 @@ class OpenAIAdapter:
             # Ask for the final usage chunk; the relay hides it from clients that did not ask.
             options = body.get("stream_options")
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
-        headers = {"content-type": "application/json", **provider.headers}
+        headers = dict(headers)
         path = _PATHS[operation]
         if provider.type == "azure":
             body.pop("model", None)
