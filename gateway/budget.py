@@ -84,8 +84,10 @@ def scopes_for(principal: Principal, now: datetime) -> list[ScopeLimit]:
 def rate_limits_for(principal: Principal, now_s: float) -> list[RateLimit]:
     window = int(now_s // 60)
     out = []
-    for kind, team_limit, key_limit in (("rpm", principal.team.rpm, principal.rpm),
-                                        ("tpm", principal.team.tpm, principal.tpm)):
+    for kind, team_limit, key_limit in (
+        ("rpm", principal.team.rpm, principal.rpm),
+        ("tpm", principal.team.tpm, principal.tpm),
+    ):
         if team_limit:
             out.append(RateLimit(kind, f"team:{principal.team.name}", team_limit, window))
         if key_limit:
@@ -101,7 +103,10 @@ class _LocalGuard:
 
     def reserve(self, scopes: list[ScopeLimit], cost: int, replicas: int) -> bool:
         for s in scopes:
-            if s.usd_limit_nano != UNLIMITED and self.spent.get(s.counter, 0) + cost > s.usd_limit_nano // replicas:
+            if (
+                s.usd_limit_nano != UNLIMITED
+                and self.spent.get(s.counter, 0) + cost > s.usd_limit_nano // replicas
+            ):
                 return False
         for s in scopes:
             self.spent[s.counter] = self.spent.get(s.counter, 0) + cost
@@ -131,16 +136,27 @@ class BudgetManager:
         scopes = scopes_for(principal, now)
         limits = rate_limits_for(principal, now.timestamp())
         rates = ask.rates
-        fixed_nano = -(-ask.prompt_tokens_bound * max(rates.input, rates.cached_input, rates.cache_write) // 1000)
+        fixed_nano = -(
+            -ask.prompt_tokens_bound * max(rates.input, rates.cached_input, rates.cache_write) // 1000
+        )
         out_price = max(rates.output, rates.reasoning)
         if not scopes and not limits:
-            return Reservation(ask.lease_id, principal.team.name, [], ask.out_tokens_max, 0, 0, UNLIMITED, "none")
+            return Reservation(
+                ask.lease_id, principal.team.name, [], ask.out_tokens_max, 0, 0, UNLIMITED, "none"
+            )
         req = ReserveRequest(
-            team=principal.team.name, lease_id=ask.lease_id, now_ms=int(now.timestamp() * 1000),
-            lease_ttl_ms=ask.lease_ttl_ms, scopes=scopes, fixed_nano=fixed_nano,
-            fixed_tokens=ask.prompt_tokens_bound, out_price_pico=out_price, out_tokens_max=ask.out_tokens_max,
+            team=principal.team.name,
+            lease_id=ask.lease_id,
+            now_ms=int(now.timestamp() * 1000),
+            lease_ttl_ms=ask.lease_ttl_ms,
+            scopes=scopes,
+            fixed_nano=fixed_nano,
+            fixed_tokens=ask.prompt_tokens_bound,
+            out_price_pico=out_price,
+            out_tokens_max=ask.out_tokens_max,
             out_tokens_min=1 if ask.flexible and ask.out_tokens_max > 0 else ask.out_tokens_max,
-            rate_limits=limits, intent=ask.intent,
+            rate_limits=limits,
+            intent=ask.intent,
         )
         try:
             result = await self.store.reserve(req)
@@ -150,8 +166,17 @@ class BudgetManager:
         if not result.ok:
             raise self._denial(principal, result, scopes, limits, now)
         self._note_utilization(principal, scopes, result)
-        return Reservation(ask.lease_id, principal.team.name, scopes, result.out_tokens, result.reserved_nano,
-                           result.reserved_tokens, result.remaining_nano, "store", result.rate_remaining)
+        return Reservation(
+            ask.lease_id,
+            principal.team.name,
+            scopes,
+            result.out_tokens,
+            result.reserved_nano,
+            result.reserved_tokens,
+            result.remaining_nano,
+            "store",
+            result.rate_remaining,
+        )
 
     def _fail_open(self, principal: Principal, req: ReserveRequest, exc: Exception) -> Reservation:
         if principal.team.on_store_error != "fail_open":
@@ -163,14 +188,26 @@ class BudgetManager:
         cost = req.fixed_nano + -(-out * req.out_price_pico // 1000)
         if not self.guard.reserve(req.scopes, cost, self.replicas):
             self.metrics.budget_denied.labels(principal.team.name, "fail_open_guard").inc()
-            raise BudgetExceeded("budget guard reached while the budget store is unavailable",
-                                 headers={"x-should-retry": "false"})
+            raise BudgetExceeded(
+                "budget guard reached while the budget store is unavailable",
+                headers={"x-should-retry": "false"},
+            )
         self.metrics.fail_open.labels(principal.team.name).inc()
-        log.warning("store unavailable, serving team %s under the fail-open guard: %s", principal.team.name, exc)
-        return Reservation(req.lease_id, req.team, req.scopes, out, cost, req.fixed_tokens + out, UNLIMITED, "local")
+        log.warning(
+            "store unavailable, serving team %s under the fail-open guard: %s", principal.team.name, exc
+        )
+        return Reservation(
+            req.lease_id, req.team, req.scopes, out, cost, req.fixed_tokens + out, UNLIMITED, "local"
+        )
 
-    def _denial(self, principal: Principal, result: ReserveResult, scopes: list[ScopeLimit],
-                limits: list[RateLimit], now: datetime) -> Exception:
+    def _denial(
+        self,
+        principal: Principal,
+        result: ReserveResult,
+        scopes: list[ScopeLimit],
+        limits: list[RateLimit],
+        now: datetime,
+    ) -> Exception:
         team = principal.team.name
         if result.reason in ("rpm", "tpm"):
             self.metrics.rate_limited.labels(team, result.reason).inc()
@@ -180,7 +217,9 @@ class BudgetManager:
                 if rl.scope == result.scope or rl.scope.startswith("team:"):
                     noun = "requests" if rl.kind == "rpm" else "tokens"
                     headers[f"x-ratelimit-limit-{noun}"] = str(rl.limit)
-                    headers[f"x-ratelimit-remaining-{noun}"] = str(result.rate_remaining.get(f"{rl.kind}:{rl.scope}", 0))
+                    headers[f"x-ratelimit-remaining-{noun}"] = str(
+                        result.rate_remaining.get(f"{rl.kind}:{rl.scope}", 0)
+                    )
                     headers[f"x-ratelimit-reset-{noun}"] = f"{reset_s}s"
             return RateLimited(f"rate limit exceeded: {result.reason} for {result.scope}", headers=headers)
         self.metrics.budget_denied.labels(team, result.reason or "usd").inc()
@@ -189,15 +228,21 @@ class BudgetManager:
         reset = seconds_until_reset(spec.period, now) if spec else None
         if reset is not None:
             headers["Retry-After"] = str(reset)
-        remaining = "unlimited" if result.remaining_nano == UNLIMITED else nano_to_usd_str(result.remaining_nano)
+        remaining = (
+            "unlimited" if result.remaining_nano == UNLIMITED else nano_to_usd_str(result.remaining_nano)
+        )
         what = "token" if result.reason == "tokens" else "USD"
         return BudgetExceeded(
             f"{what} budget exceeded for {result.scope} (remaining {remaining} USD); "
-            f"the budget resets in {reset}s" if reset else f"{what} budget exceeded for {result.scope}",
+            f"the budget resets in {reset}s"
+            if reset
+            else f"{what} budget exceeded for {result.scope}",
             headers=headers,
         )
 
-    def _note_utilization(self, principal: Principal, scopes: list[ScopeLimit], result: ReserveResult) -> None:
+    def _note_utilization(
+        self, principal: Principal, scopes: list[ScopeLimit], result: ReserveResult
+    ) -> None:
         team_scope = next((s for s in scopes if s.scope.startswith("team:")), None)
         if team_scope is None or team_scope.usd_limit_nano <= 0 or result.remaining_nano == UNLIMITED:
             return
@@ -213,10 +258,19 @@ class BudgetManager:
         last = self._crossed.get(key, 0.0)
         for threshold in spec.thresholds:
             if last < threshold <= used:
-                self.metrics.budget_thresholds.labels(principal.team.name, scope.scope, f"{threshold:g}").inc()
-                log.warning("budget threshold crossed", extra={"event": "budget_threshold", "team": principal.team.name,
-                                                               "scope": scope.scope, "threshold": threshold,
-                                                               "utilization": round(used, 4)})
+                self.metrics.budget_thresholds.labels(
+                    principal.team.name, scope.scope, f"{threshold:g}"
+                ).inc()
+                log.warning(
+                    "budget threshold crossed",
+                    extra={
+                        "event": "budget_threshold",
+                        "team": principal.team.name,
+                        "scope": scope.scope,
+                        "threshold": threshold,
+                        "utilization": round(used, 4),
+                    },
+                )
         if used > last:
             self._crossed[key] = used
 
@@ -231,8 +285,14 @@ class BudgetManager:
         if res.mode == "none":
             self._queue_record(res.team, record, cost_nano, tokens, [])
             return
-        settlement = Settlement(team=res.team, lease_id=res.lease_id, cost_nano=cost_nano, tokens=tokens,
-                                record=record, now_ms=int(time.time() * 1000))
+        settlement = Settlement(
+            team=res.team,
+            lease_id=res.lease_id,
+            cost_nano=cost_nano,
+            tokens=tokens,
+            record=record,
+            now_ms=int(time.time() * 1000),
+        )
         try:
             settled = await self.store.settle(settlement)
         except StoreError as exc:
@@ -242,11 +302,15 @@ class BudgetManager:
             self._ensure_reconciler()
             return
         if not settled:
-            log.warning("lease %s had already expired into spend; actual cost %s not applied twice",
-                        res.lease_id, nano_to_usd_str(cost_nano))
+            log.warning(
+                "lease %s had already expired into spend; actual cost %s not applied twice",
+                res.lease_id,
+                nano_to_usd_str(cost_nano),
+            )
 
-    async def record(self, team: str, record: dict[str, Any], cost_nano: int, tokens: int,
-                     scopes: list[ScopeLimit]) -> None:
+    async def record(
+        self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
+    ) -> None:
         """A charge without a lease (cache hits at $0, denials): deduplicated by request id."""
         try:
             await self.store.record(team, record, cost_nano, tokens, scopes)
@@ -254,15 +318,18 @@ class BudgetManager:
             self.metrics.store_errors.labels("record").inc()
             self._queue_record(team, record, cost_nano, tokens, scopes)
 
-    def _queue_record(self, team: str, record: dict[str, Any], cost: int, tokens: int,
-                      scopes: list[ScopeLimit]) -> None:
+    def _queue_record(
+        self, team: str, record: dict[str, Any], cost: int, tokens: int, scopes: list[ScopeLimit]
+    ) -> None:
         self.pending.append((team, record, cost, tokens, scopes))
         self._ensure_reconciler()
 
     def _ensure_reconciler(self) -> None:
         self.metrics.ledger_pending.labels().set(len(self.pending) + len(self.pending_settles))
         if self._reconciler is None or self._reconciler.done():
-            self._reconciler = asyncio.get_running_loop().create_task(self._reconcile(), name="budget-reconcile")
+            self._reconciler = asyncio.get_running_loop().create_task(
+                self._reconcile(), name="budget-reconcile"
+            )
 
     async def _reconcile(self) -> None:
         delay = 0.05

@@ -40,7 +40,9 @@ from gateway.store.base import Store, StoreError
 
 log = logging.getLogger("gateway.cache")
 
-NON_OUTPUT_FIELDS = frozenset({"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"})
+NON_OUTPUT_FIELDS = frozenset(
+    {"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"}
+)
 _LOCK_POLL_S = 0.02
 
 
@@ -53,8 +55,14 @@ class CacheDecision:
     reason: str  # why it bypasses, for logs
 
 
-def decide(policy: CachePolicy, override: CacheSettings | None, body: dict[str, Any], operation: str,
-           headers: Mapping[str, str], max_ttl_s: int = 30 * 86400) -> CacheDecision:
+def decide(
+    policy: CachePolicy,
+    override: CacheSettings | None,
+    body: dict[str, Any],
+    operation: str,
+    headers: Mapping[str, str],
+    max_ttl_s: int = 30 * 86400,
+) -> CacheDecision:
     mode = (override.mode if override and override.mode else None) or policy.mode
     ttl = (override.ttl_s if override and override.ttl_s else None) or policy.ttl_s
     namespace = f"group:{override.group}" if override and override.group else policy.namespace
@@ -66,15 +74,16 @@ def decide(policy: CachePolicy, override: CacheSettings | None, body: dict[str, 
     n = body.get("n")
     if isinstance(n, int) and n > 1:
         return CacheDecision(False, False, ttl, namespace, "n>1")
-    if mode == "auto" and operation != "embeddings" and body.get("temperature") != 0 \
-            and body.get("seed") is None:
+    if (
+        mode == "auto"
+        and operation != "embeddings"
+        and body.get("temperature") != 0
+        and body.get("seed") is None
+    ):
         return CacheDecision(False, False, ttl, namespace, "nondeterministic")
     raw_ttl = headers.get("x-gateway-cache-ttl")
-    if raw_ttl:
-        try:
-            ttl = max(1, min(int(raw_ttl), max_ttl_s))
-        except ValueError:
-            pass
+    if raw_ttl and raw_ttl.strip().isdigit():
+        ttl = max(1, min(int(raw_ttl), max_ttl_s))
     return CacheDecision("no-cache" not in control, True, ttl, namespace, "")
 
 

@@ -51,7 +51,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(f"  {problem}")
             continue
-        print(f"{path}: valid ({len(cfg.models)} models, {len(cfg.teams)} teams, {len(cfg.rules.rules)} rules)")
+        print(
+            f"{path}: valid ({len(cfg.models)} models, {len(cfg.teams)} teams, {len(cfg.rules.rules)} rules)"
+        )
     return 1 if failed else 0
 
 
@@ -66,13 +68,24 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
     tags = dict(t.split("=", 1) for t in args.tag if "=" in t)
-    facts = Facts(team=args.team, model=args.model, tags=tags, max_tokens=args.max_tokens,
-                  has_tools=args.tools, has_images=args.images, stream=args.stream,
-                  budget_used=args.budget_used, prompt_tokens_fn=lambda: args.prompt_tokens,
-                  prompt_text_fn=lambda: args.prompt or "", now=datetime.now(UTC))
+    facts = Facts(
+        team=args.team,
+        model=args.model,
+        tags=tags,
+        max_tokens=args.max_tokens,
+        has_tools=args.tools,
+        has_images=args.images,
+        stream=args.stream,
+        budget_used=args.budget_used,
+        prompt_tokens_fn=lambda: args.prompt_tokens,
+        prompt_text_fn=lambda: args.prompt or "",
+        now=datetime.now(UTC),
+    )
     decision = cfg.rules.decide(facts, explain=True)
-    print(f"team={args.team} model={args.model} prompt_tokens={args.prompt_tokens} "
-          f"budget_used={args.budget_used} tags={tags}")
+    print(
+        f"team={args.team} model={args.model} prompt_tokens={args.prompt_tokens} "
+        f"budget_used={args.budget_used} tags={tags}"
+    )
     for line in decision.trace:
         print(f"  {line}")
     if decision.deny:
@@ -111,8 +124,12 @@ def _admin(args: argparse.Namespace, method: str, path: str, body: dict[str, Any
     if not token:
         raise SystemExit("set GATEWAY_ADMIN_TOKEN to use the admin API")
     data = jsonutil.dumps(body) if body is not None else None
-    req = urllib.request.Request(args.url.rstrip("/") + path, data=data, method=method,
-                                 headers={"authorization": f"Bearer {token}", "content-type": "application/json"})
+    req = urllib.request.Request(
+        args.url.rstrip("/") + path,
+        data=data,
+        method=method,
+        headers={"authorization": f"Bearer {token}", "content-type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             return jsonutil.loads(resp.read())
@@ -165,8 +182,11 @@ def cmd_report(args: argparse.Namespace) -> int:
         text = report.render_focus_csv(records)
     else:
         rows = report.aggregate(records, by)
-        text = {"table": lambda: report.render_table(rows, by), "csv": lambda: report.render_csv(rows, by),
-                "json": lambda: report.render_json(rows, report.totals(records))}[args.format]()
+        text = {
+            "table": lambda: report.render_table(rows, by),
+            "csv": lambda: report.render_csv(rows, by),
+            "json": lambda: report.render_json(rows, report.totals(records)),
+        }[args.format]()
     sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0
 
@@ -176,8 +196,9 @@ def cmd_prices_import(args: argparse.Namespace) -> int:
 
     data = jsonutil.loads(Path(args.file).read_bytes())
     only = set(args.only.split(",")) if args.only else None
-    models, warnings = convert_litellm_catalog(data, as_of=date.fromisoformat(args.as_of), source=args.source,
-                                               only=only)
+    models, warnings = convert_litellm_catalog(
+        data, as_of=date.fromisoformat(args.as_of), source=args.source, only=only
+    )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     text = render_catalog_yaml(models)
@@ -200,10 +221,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="processes sharing the port (SO_REUSEPORT); needs Redis")
     p.set_defaults(func=cmd_serve)
 
-    sub.add_parser("mock-upstream", help="run the mock provider (see --help after the command)", add_help=False)
+    sub.add_parser(
+        "mock-upstream", help="run the mock provider (see --help after the command)", add_help=False
+    )
 
     policy = sub.add_parser("policy", help="check, explain or export the policy schema").add_subparsers(
-        dest="policy_command", required=True)
+        dest="policy_command", required=True
+    )
     p = policy.add_parser("check", help="validate gateway.yaml files")
     p.add_argument("files", nargs="+")
     p.set_defaults(func=cmd_policy_check)
@@ -240,7 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["table", "csv", "json", "focus"], default="table")
     p.set_defaults(func=cmd_report)
 
-    prices = sub.add_parser("prices", help="price catalog tools").add_subparsers(dest="prices_command", required=True)
+    prices = sub.add_parser("prices", help="price catalog tools").add_subparsers(
+        dest="prices_command", required=True
+    )
     p = prices.add_parser("import", help="convert LiteLLM's model_prices_and_context_window.json")
     p.add_argument("file")
     p.add_argument("--out")

@@ -47,7 +47,9 @@ def make_store(config: Config) -> Store:
     url = os.environ.get("GATEWAY_REDIS_URL") or s.redis_url
     if url or s.backend == "redis":
         if not url:
-            raise ConfigError([f"{config.path}: store.backend is redis but no redis_url / GATEWAY_REDIS_URL is set"])
+            raise ConfigError(
+                [f"{config.path}: store.backend is redis but no redis_url / GATEWAY_REDIS_URL is set"]
+            )
         return RedisStore(url, pool_size=s.pool_size, socket_timeout_s=s.socket_timeout_s)
     state_dir = Path(s.state_dir)
     if not state_dir.is_absolute():
@@ -65,14 +67,24 @@ class Gateway:
         self.budget = BudgetManager(self.store, self.metrics, config.source.store.expected_replicas)
         self.cache = ResponseCache(self.store, config.source.cache, self.metrics)
         self.client = UpstreamClient()
-        adapters: dict[str, Adapter] = {"openai": OpenAIAdapter(), "azure": OpenAIAdapter(),
-                                        "anthropic": AnthropicAdapter()}
+        adapters: dict[str, Adapter] = {
+            "openai": OpenAIAdapter(),
+            "azure": OpenAIAdapter(),
+            "anthropic": AnthropicAdapter(),
+        }
         self.router = Router(config.source.routing.breaker)
         self.dispatcher = Dispatcher(self.client, adapters, self.router, self.metrics)
         self.counter = TokenCounter()
-        self.pipeline = Pipeline(config=config, auth=self.auth, budget=self.budget, cache=self.cache,
-                                 dispatcher=self.dispatcher, counter=self.counter, metrics=self.metrics,
-                                 tasks=self.tasks)
+        self.pipeline = Pipeline(
+            config=config,
+            auth=self.auth,
+            budget=self.budget,
+            cache=self.cache,
+            dispatcher=self.dispatcher,
+            counter=self.counter,
+            metrics=self.metrics,
+            tasks=self.tasks,
+        )
         self._background: list[asyncio.Task[None]] = []
         self._config_mtime = self._mtime()
         self.ready = False
@@ -91,7 +103,9 @@ class Gateway:
             loop.create_task(self._every(GAUGE_INTERVAL_S, self.refresh_budget_gauges), name="budget-gauges"),
         ]
         if watch:
-            self._background.append(loop.create_task(self._every(WATCH_INTERVAL_S, self._watch), name="config-watch"))
+            self._background.append(
+                loop.create_task(self._every(WATCH_INTERVAL_S, self._watch), name="config-watch")
+            )
         self.ready = True
 
     async def close(self, grace_s: float = 10.0) -> None:
@@ -139,7 +153,9 @@ class Gateway:
             new = await asyncio.to_thread(load_config, self.config.path)
         except ConfigError as exc:
             self.metrics.policy_reload_errors.labels().inc()
-            log.error("policy reload rejected; the previous policy stays active", extra={"problems": exc.problems})
+            log.error(
+                "policy reload rejected; the previous policy stays active", extra={"problems": exc.problems}
+            )
             return False, exc.problems
         self.config = new
         self.pipeline.config = new
@@ -183,7 +199,11 @@ class Gateway:
                 m = self.metrics
                 if scope.usd_limit_nano >= 0:
                     m.budget_limit.labels(*labels).set(scope.usd_limit_nano / 1e9)
-                    used = (u.spent_nano + u.reserved_nano) / scope.usd_limit_nano if scope.usd_limit_nano else 1.0
+                    used = (
+                        (u.spent_nano + u.reserved_nano) / scope.usd_limit_nano
+                        if scope.usd_limit_nano
+                        else 1.0
+                    )
                     m.budget_utilization.labels(team.name, scope.scope).set(used)
                     self.budget.utilization[team.name] = used
                 m.budget_spent.labels(*labels).set(u.spent_nano / 1e9)

@@ -63,28 +63,63 @@ def _is_context_overflow(err: UpstreamStatusError) -> bool:
 
 
 class Dispatcher:
-    def __init__(self, client: UpstreamClient, adapters: dict[str, Adapter], router: Router, metrics: Metrics,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        adapters: dict[str, Adapter],
+        router: Router,
+        metrics: Metrics,
+        rng: random.Random | None = None,
+    ) -> None:
         self.client = client
         self.adapters = adapters
         self.router = router
         self.metrics = metrics
         self.rng = rng or random.Random()
 
-    async def dispatch(self, *, inbound: str, operation: str, chain: list[ModelSpec], body_for: BodyFor,
-                       stream: bool, retry: RetryConfig, timeouts: Timeouts, deadline: float,
-                       fits: Callable[[ModelSpec], bool], client_headers: Mapping[str, str],
-                       request_id: str) -> Dispatched:
+    async def dispatch(
+        self,
+        *,
+        inbound: str,
+        operation: str,
+        chain: list[ModelSpec],
+        body_for: BodyFor,
+        stream: bool,
+        retry: RetryConfig,
+        timeouts: Timeouts,
+        deadline: float,
+        fits: Callable[[ModelSpec], bool],
+        client_headers: Mapping[str, str],
+        request_id: str,
+    ) -> Dispatched:
         attempts: list[tuple[str, GatewayError]] = []
         # Panic mode: if every circuit in the chain is open, try them anyway rather than fail blind.
         panic = not any(self.router.has_usable(m) for m in chain)
         for model in chain:
             if not fits(model):
-                attempts.append((model.name, ContextWindowExceeded(
-                    f"prompt does not fit the {model.context_window}-token context window")))
+                attempts.append(
+                    (
+                        model.name,
+                        ContextWindowExceeded(
+                            f"prompt does not fit the {model.context_window}-token context window"
+                        ),
+                    )
+                )
                 continue
-            outcome = await self._try_model(model, inbound, operation, body_for, stream, retry, timeouts,
-                                            deadline, attempts, client_headers, request_id, panic)
+            outcome = await self._try_model(
+                model,
+                inbound,
+                operation,
+                body_for,
+                stream,
+                retry,
+                timeouts,
+                deadline,
+                attempts,
+                client_headers,
+                request_id,
+                panic,
+            )
             if outcome is not None:
                 outcome.attempts = attempts
                 if model is not chain[0]:
@@ -96,14 +131,27 @@ class Dispatcher:
             raise attempts[0][1]
         raise AllUpstreamsFailed(attempts)
 
-    async def _try_model(self, model: ModelSpec, inbound: str, operation: str, body_for: BodyFor, stream: bool,
-                         retry: RetryConfig, timeouts: Timeouts, deadline: float,
-                         attempts: list[tuple[str, GatewayError]], client_headers: Mapping[str, str],
-                         request_id: str, panic: bool) -> Dispatched | None:
-        for deployment in (list(model.deployments) if panic else self.router.order(model)):
+    async def _try_model(
+        self,
+        model: ModelSpec,
+        inbound: str,
+        operation: str,
+        body_for: BodyFor,
+        stream: bool,
+        retry: RetryConfig,
+        timeouts: Timeouts,
+        deadline: float,
+        attempts: list[tuple[str, GatewayError]],
+        client_headers: Mapping[str, str],
+        request_id: str,
+        panic: bool,
+    ) -> Dispatched | None:
+        for deployment in list(model.deployments) if panic else self.router.order(model):
             adapter = self.adapters[deployment.provider.type]
             headers = outgoing_headers(deployment.provider, client_headers, request_id)
-            call = adapter.prepare(inbound, operation, body_for(model, deployment), deployment, stream, headers)
+            call = adapter.prepare(
+                inbound, operation, body_for(model, deployment), deployment, stream, headers
+            )
             for attempt in range(retry.max_attempts):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -136,8 +184,11 @@ class Dispatcher:
         return None
 
     def _failed(self, deployment: DeploymentSpec, err: GatewayError) -> None:
-        kind = "timeout" if isinstance(err, UpstreamTimeout) else (
-            f"status_{err.status}" if isinstance(err, UpstreamStatusError) else "connection")
+        kind = (
+            "timeout"
+            if isinstance(err, UpstreamTimeout)
+            else (f"status_{err.status}" if isinstance(err, UpstreamStatusError) else "connection")
+        )
         self.metrics.upstream_errors.labels(deployment.provider.system, deployment.logical, kind).inc()
         if isinstance(err, UpstreamStatusError) and not err.retryable:
             return  # the client's mistake says nothing about the deployment's health
@@ -148,13 +199,16 @@ class Dispatcher:
         """Seconds to wait before retrying this deployment, or None to move on."""
         if retry_after is not None:
             return retry_after if retry_after <= retry.max_retry_after_s else None
-        cap = min(retry.max_backoff_ms, retry.base_backoff_ms * (2 ** attempt)) / 1000
+        cap = min(retry.max_backoff_ms, retry.base_backoff_ms * (2**attempt)) / 1000
         return self.rng.uniform(0, cap)
 
 
 def _bounded(timeouts: Timeouts, remaining: float) -> Timeouts:
-    return Timeouts(connect_s=min(timeouts.connect_s, remaining), first_byte_s=min(timeouts.first_byte_s, remaining),
-                    idle_s=timeouts.idle_s)
+    return Timeouts(
+        connect_s=min(timeouts.connect_s, remaining),
+        first_byte_s=min(timeouts.first_byte_s, remaining),
+        idle_s=timeouts.idle_s,
+    )
 
 
 async def _first_chunk(reply: UpstreamReply) -> bytes:

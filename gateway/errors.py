@@ -162,11 +162,15 @@ class AllUpstreamsFailed(UpstreamError):
     def __init__(self, attempts: list[tuple[str, GatewayError]]) -> None:
         last = attempts[-1][1] if attempts else UpstreamError("no upstream attempted")
         summary = "; ".join(f"{name}: {err.status} {err.message}" for name, err in attempts)
-        message = f"all upstream attempts failed ({summary})" if attempts else "no upstream deployment was available"
+        message = (
+            f"all upstream attempts failed ({summary})"
+            if attempts
+            else "no upstream deployment was available"
+        )
         super().__init__(message, headers=dict(last.headers))
         self.attempts = attempts
         self.status = last.status if last.status >= 400 else 502
         self.openai_type = last.openai_type
         self.anthropic_type = last.anthropic_type
-        self.code = last.code
+        self.code = last.code  # type: ignore[assignment]
         self.last = last

@@ -22,7 +22,11 @@ def period_bounds(period: str, now: datetime) -> tuple[str, datetime, datetime]:
         return f"{year}-W{week:02d}", start, start + timedelta(days=7)
     if period == "monthly":
         start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
-        end = start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
+        end = (
+            start.replace(year=start.year + 1, month=1)
+            if start.month == 12
+            else start.replace(month=start.month + 1)
+        )
         return start.strftime("%Y-%m"), start, end
     if period == "total":
         return "total", _EPOCH, _FAR

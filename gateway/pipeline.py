@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from gateway import jsonutil
 from gateway.auth import Authenticator
@@ -25,7 +25,7 @@ from gateway.cache import CacheDecision, ResponseCache, cache_key, decide
 from gateway.cache_codec import CacheEntry, replay_body, replay_stream
 from gateway.config.runtime import Config, DeploymentSpec, ModelSpec, Principal
 from gateway.dispatch import Dispatched, Dispatcher
-from gateway.errors import BudgetExceeded, ContextWindowExceeded, ModelNotFound, PolicyDenied
+from gateway.errors import BudgetExceeded, ModelNotFound, PolicyDenied
 from gateway.metering import ledger
 from gateway.metering.pricing import Rates, cost_nano, nano_to_usd_str
 from gateway.metering.tokens import TokenCounter, byte_upper_bound_chat, byte_upper_bound_text
@@ -70,6 +70,7 @@ class RequestContext:
     status: int = 200
     error: str = ""
     prompt_bound: int = 0
+    cache_lead: tuple[str, str] | None = None  # (namespace, key) this request leads for its peers
 
 
 @dataclass(slots=True)
@@ -89,15 +90,28 @@ def max_rates(models: list[ModelSpec]) -> Rates:
     """Element-wise maximum over every deployment the request may land on: a strict bound."""
     deps = [d for m in models for d in m.deployments]
     return Rates(
-        input=max(d.rates.input for d in deps), cached_input=max(d.rates.cached_input for d in deps),
-        cache_write=max(d.rates.cache_write for d in deps), output=max(d.rates.output for d in deps),
-        reasoning=max(d.rates.reasoning for d in deps), provider="*",
+        input=max(d.rates.input for d in deps),
+        cached_input=max(d.rates.cached_input for d in deps),
+        cache_write=max(d.rates.cache_write for d in deps),
+        output=max(d.rates.output for d in deps),
+        reasoning=max(d.rates.reasoning for d in deps),
+        provider="*",
     )
 
 
 class Pipeline:
-    def __init__(self, *, config: Config, auth: Authenticator, budget: BudgetManager, cache: ResponseCache,
-                 dispatcher: Dispatcher, counter: TokenCounter, metrics: Metrics, tasks: TaskGroup) -> None:
+    def __init__(
+        self,
+        *,
+        config: Config,
+        auth: Authenticator,
+        budget: BudgetManager,
+        cache: ResponseCache,
+        dispatcher: Dispatcher,
+        counter: TokenCounter,
+        metrics: Metrics,
+        tasks: TaskGroup,
+    ) -> None:
         self.config = config
         self.auth = auth
         self.budget = budget
@@ -120,10 +134,22 @@ class Pipeline:
                 return hit
         try:
             ctx.reservation = await self._reserve(ctx, cfg, chain)
-            return await self._forward(ctx, cfg, chain, decision)
-        finally:
-            if decision is not None and decision.write and ctx.cache == "miss" and ctx.stream is False:
-                pass  # non-stream writes happen in _finish_body; streams in _relay
+            result = await self._forward(ctx, cfg, chain, decision)
+        except BaseException:
+            self._end_lead(ctx)
+            raise
+        if isinstance(result, Reply):
+            self._end_lead(ctx)  # a stream ends its lead when it finishes
+        return result
+
+    def _end_lead(self, ctx: RequestContext) -> None:
+        """Wake identical requests waiting on this one (with nothing, if it failed) and drop the lock."""
+        if ctx.cache_lead is None:
+            return
+        namespace, key = ctx.cache_lead
+        ctx.cache_lead = None
+        self.cache.finish(key, None)
+        self.tasks.spawn(self.cache.release(namespace, key), name="cache-unlock")
 
     def _admit_and_route(self, ctx: RequestContext, cfg: Config) -> list[ModelSpec]:
         assert ctx.principal is not None
@@ -133,11 +159,15 @@ class Pipeline:
         options = ctx.body.get("stream_options")
         ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
         if ctx.requested_model not in cfg.models and not self._routable(ctx, cfg):
-            raise ModelNotFound(f"the model `{ctx.requested_model}` does not exist or you do not have access to it",
-                                param="model")
+            raise ModelNotFound(
+                f"the model `{ctx.requested_model}` does not exist or you do not have access to it",
+                param="model",
+            )
         if not team.may_use(ctx.requested_model):
-            raise ModelNotFound(f"the model `{ctx.requested_model}` does not exist or you do not have access to it",
-                                param="model")
+            raise ModelNotFound(
+                f"the model `{ctx.requested_model}` does not exist or you do not have access to it",
+                param="model",
+            )
         ctx.tags = extract_tags(team.tags, ctx.body, ctx.headers.get("x-gateway-tags"), cfg.source.tags)
         facts = self._facts(ctx, cfg)
         decision = cfg.rules.decide(facts)
@@ -151,26 +181,37 @@ class Pipeline:
         if not chain:
             raise ModelNotFound(f"the model `{ctx.requested_model}` has no route", param="model")
         if chain[0].operation != ctx.operation:
-            raise ModelNotFound(f"the model `{chain[0].name}` does not support {ctx.operation}", param="model")
+            raise ModelNotFound(
+                f"the model `{chain[0].name}` does not support {ctx.operation}", param="model"
+            )
         return chain
 
     def _routable(self, ctx: RequestContext, cfg: Config) -> bool:
         """An alias that only a rule resolves (e.g. ``auto``) is a valid model name too."""
-        return any(r.rule.route_to is not None or r.rule.auto is not None for r in cfg.rules.rules) and \
-            cfg.rules.decide(self._facts(ctx, cfg)).rule != "default"
+        return (
+            any(r.rule.route_to is not None or r.rule.auto is not None for r in cfg.rules.rules)
+            and cfg.rules.decide(self._facts(ctx, cfg)).rule != "default"
+        )
 
     def _facts(self, ctx: RequestContext, cfg: Config) -> Facts:
         assert ctx.principal is not None
         body = ctx.body
         model = cfg.models.get(ctx.requested_model)
         return Facts(
-            team=ctx.principal.team.name, model=ctx.requested_model, operation=ctx.operation, tags=ctx.tags,
-            max_tokens=_client_max_tokens(body, ctx.inbound), has_tools=bool(body.get("tools")),
-            has_images=_has_images(body), has_response_format=body.get("response_format") is not None,
-            stream=ctx.stream, budget_used=self.budget.utilization.get(ctx.principal.team.name, 0.0),
+            team=ctx.principal.team.name,
+            model=ctx.requested_model,
+            operation=ctx.operation,
+            tags=ctx.tags,
+            max_tokens=_client_max_tokens(body, ctx.inbound),
+            has_tools=bool(body.get("tools")),
+            has_images=_has_images(body),
+            has_response_format=body.get("response_format") is not None,
+            stream=ctx.stream,
+            budget_used=self.budget.utilization.get(ctx.principal.team.name, 0.0),
             now=datetime.now(UTC),
-            prompt_tokens_fn=lambda: self._exact_prompt_tokens(ctx, model.deployments[0].upstream_model
-                                                               if model else ctx.requested_model),
+            prompt_tokens_fn=lambda: self._exact_prompt_tokens(
+                ctx, model.deployments[0].upstream_model if model else ctx.requested_model
+            ),
             prompt_text_fn=lambda: _last_user_text(body),
         )
 
@@ -186,8 +227,9 @@ class Pipeline:
                 if system is not None:  # Anthropic keeps the system prompt outside messages
                     bound += len(jsonutil.dumps(system)) + 4
             else:
-                bound = byte_upper_bound_text(body.get("prompt") if ctx.operation == "text_completion"
-                                              else body.get("input"))
+                bound = byte_upper_bound_text(
+                    body.get("prompt") if ctx.operation == "text_completion" else body.get("input")
+                )
             ctx.prompt_bound = bound
         return ctx.prompt_bound
 
@@ -195,8 +237,9 @@ class Pipeline:
         body = ctx.body
         if ctx.operation == "chat":
             return self.counter.count_chat(body.get("messages"), model, body.get("tools"))
-        return self.counter.count_input(body.get("prompt") if ctx.operation == "text_completion"
-                                        else body.get("input"), model)
+        return self.counter.count_input(
+            body.get("prompt") if ctx.operation == "text_completion" else body.get("input"), model
+        )
 
     def _exact_is_strict(self, chain: list[ModelSpec]) -> bool:
         """An exact count may replace the byte bound only if every candidate uses that same tokenizer."""
@@ -212,21 +255,26 @@ class Pipeline:
             return None
         return decision
 
-    async def _cache_lookup(self, ctx: RequestContext, decision: CacheDecision,
-                            model: ModelSpec) -> Reply | StreamReply | None:
+    async def _cache_lookup(
+        self, ctx: RequestContext, decision: CacheDecision, model: ModelSpec
+    ) -> Reply | StreamReply | None:
         assert ctx.principal is not None
         key = cache_key(decision.namespace, ctx.inbound, ctx.operation, model.name, ctx.body)
         ctx.cache = "miss"
-        entry = await self.cache.get(decision.namespace, key, ctx.principal.team.name) if decision.read else None
+        entry = (
+            await self.cache.get(decision.namespace, key, ctx.principal.team.name) if decision.read else None
+        )
         if entry is None and decision.read:
             follower = self.cache.follower_of(key)
             if follower is not None:
                 entry = await follower
             else:
                 self.cache.lead(key)
+                ctx.cache_lead = (decision.namespace, key)
                 entry = await self.cache.wait_for_peer(decision.namespace, key, ctx.principal.team.name)
                 if entry is not None:
                     self.cache.finish(key, entry)
+                    ctx.cache_lead = None
         if entry is None:
             return None
         return self._serve_hit(ctx, entry, model)
@@ -237,13 +285,17 @@ class Pipeline:
         ctx.cost_nano = 0
         ctx.cache_age_s = max(0, (int(time.time() * 1000) - entry.created_ms) // 1000)
         usage = Usage(**{k: v for k, v in entry.usage.items() if k in Usage.__slots__})
-        deployment = next((d for d in model.deployments if d.logical == entry.served_model), model.deployments[0])
+        deployment = next(
+            (d for d in model.deployments if d.logical == entry.served_model), model.deployments[0]
+        )
         ctx.served = deployment
         saved = cost_nano(usage, deployment.rates)
         self.metrics.cache_requests.labels(ctx.principal.team.name, "hit").inc()
         self.metrics.savings.labels(ctx.principal.team.name, "cache").inc(saved / 1e9)
         record = self._record(ctx, deployment, usage, cost=0, counterfactual=saved, status=200)
-        self.tasks.spawn(self.budget.record(ctx.principal.team.name, record, 0, 0, []), name="ledger-cache-hit")
+        self.tasks.spawn(
+            self.budget.record(ctx.principal.team.name, record, 0, 0, []), name="ledger-cache-hit"
+        )
         headers = self._headers(ctx, deployment)
         self._observe(ctx, 200)
         if ctx.stream:
@@ -271,7 +323,9 @@ class Pipeline:
                 if exact < bound:
                     ctx.prompt_bound = exact
                     try:
-                        return await self.budget.reserve(ctx.principal, self._ask(ctx, chain, exact, out_max, flexible))
+                        return await self.budget.reserve(
+                            ctx.principal, self._ask(ctx, chain, exact, out_max, flexible)
+                        )
                     except BudgetExceeded:
                         pass
             return await self._downgrade(ctx, cfg, chain)
@@ -279,17 +333,32 @@ class Pipeline:
     async def _downgrade(self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec]) -> Reservation:
         assert ctx.principal is not None
         spec = ctx.principal.team.budget
-        if spec is None or spec.action != "downgrade" or spec.downgrade_to not in cfg.models \
-                or chain[0].name == spec.downgrade_to:
-            return await self.budget.reserve(ctx.principal, self._ask(
-                ctx, chain, ctx.prompt_bound, *self._output_bound(ctx, chain, _client_max_tokens(ctx.body, ctx.inbound))))
+        if (
+            spec is None
+            or spec.action != "downgrade"
+            or spec.downgrade_to not in cfg.models
+            or chain[0].name == spec.downgrade_to
+        ):
+            return await self.budget.reserve(
+                ctx.principal,
+                self._ask(
+                    ctx,
+                    chain,
+                    ctx.prompt_bound,
+                    *self._output_bound(ctx, chain, _client_max_tokens(ctx.body, ctx.inbound)),
+                ),
+            )
         target = cfg.models[spec.downgrade_to]
         chain[:] = [target]
         ctx.route = f"{ctx.route}+budget_downgrade"
         out_max, flexible = self._output_bound(ctx, chain, _client_max_tokens(ctx.body, ctx.inbound))
-        return await self.budget.reserve(ctx.principal, self._ask(ctx, chain, ctx.prompt_bound, out_max, flexible))
+        return await self.budget.reserve(
+            ctx.principal, self._ask(ctx, chain, ctx.prompt_bound, out_max, flexible)
+        )
 
-    def _output_bound(self, ctx: RequestContext, chain: list[ModelSpec], client_max: int | None) -> tuple[int, bool]:
+    def _output_bound(
+        self, ctx: RequestContext, chain: list[ModelSpec], client_max: int | None
+    ) -> tuple[int, bool]:
         if ctx.operation == "embeddings":
             return 0, False
         model_max = max(m.max_output_tokens for m in chain)
@@ -299,25 +368,41 @@ class Pipeline:
             return 16, False  # the API's documented default
         return model_max, True
 
-    def _ask(self, ctx: RequestContext, chain: list[ModelSpec], prompt_tokens: int, out_max: int,
-             flexible: bool) -> Ask:
+    def _ask(
+        self, ctx: RequestContext, chain: list[ModelSpec], prompt_tokens: int, out_max: int, flexible: bool
+    ) -> Ask:
         assert ctx.principal is not None
         timeout_ms = int(self.config.source.server.timeouts.total_s * 1000)
         first = chain[0].deployments[0]
         skeleton = ledger.intent(
-            request_id=ctx.request_id, ts_ms=ctx.started_ms, team=ctx.principal.team.name,
-            key_id=ctx.principal.key_id, tags=ctx.tags, operation=ctx.operation, inbound=ctx.inbound,
-            stream=ctx.stream, requested_model=ctx.requested_model, route=ctx.route, planned_model=chain[0].name,
+            request_id=ctx.request_id,
+            ts_ms=ctx.started_ms,
+            team=ctx.principal.team.name,
+            key_id=ctx.principal.key_id,
+            tags=ctx.tags,
+            operation=ctx.operation,
+            inbound=ctx.inbound,
+            stream=ctx.stream,
+            requested_model=ctx.requested_model,
+            route=ctx.route,
+            planned_model=chain[0].name,
             provider=first.provider.system,
         )
-        return Ask(lease_id=ctx.request_id, prompt_tokens_bound=prompt_tokens, out_tokens_max=out_max,
-                   flexible=flexible, rates=max_rates(chain), intent=skeleton,
-                   lease_ttl_ms=timeout_ms + _LEASE_GRACE_MS)
+        return Ask(
+            lease_id=ctx.request_id,
+            prompt_tokens_bound=prompt_tokens,
+            out_tokens_max=out_max,
+            flexible=flexible,
+            rates=max_rates(chain),
+            intent=skeleton,
+            lease_ttl_ms=timeout_ms + _LEASE_GRACE_MS,
+        )
 
     # ------------------------------------------------------------------ upstream
 
-    async def _forward(self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec],
-                       cache: CacheDecision | None) -> Reply | StreamReply:
+    async def _forward(
+        self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec], cache: CacheDecision | None
+    ) -> Reply | StreamReply:
         res = ctx.reservation
         assert res is not None and ctx.principal is not None
         t = cfg.source.server.timeouts
@@ -338,9 +423,16 @@ class Pipeline:
         upstream_started = time.perf_counter()
         try:
             sent = await self.dispatcher.dispatch(
-                inbound=ctx.inbound, operation=ctx.operation, chain=chain, body_for=body_for, stream=ctx.stream,
-                retry=cfg.source.routing.retry, timeouts=timeouts, deadline=time.monotonic() + t.total_s,
-                fits=lambda model: self._fits(ctx, model, chain), client_headers=ctx.headers,
+                inbound=ctx.inbound,
+                operation=ctx.operation,
+                chain=chain,
+                body_for=body_for,
+                stream=ctx.stream,
+                retry=cfg.source.routing.retry,
+                timeouts=timeouts,
+                deadline=time.monotonic() + t.total_s,
+                fits=lambda model: self._fits(ctx, model, chain),
+                client_headers=ctx.headers,
                 request_id=ctx.request_id,
             )
         except BaseException:
@@ -365,8 +457,16 @@ class Pipeline:
         ctx.upstream_s = time.perf_counter() - upstream_started
         chain_first = ctx.decision.chain[0] if ctx.decision and ctx.decision.chain else ctx.requested_model
         record = ledger.complete(
-            self._ask_intent(ctx, chain_first), served_model=chain_first, upstream_model="", provider="",
-            deployment="", cache=ctx.cache, status=502, usage=Usage(), cost=0, counterfactual=0,
+            self._ask_intent(ctx, chain_first),
+            served_model=chain_first,
+            upstream_model="",
+            provider="",
+            deployment="",
+            cache=ctx.cache,
+            status=502,
+            usage=Usage(),
+            cost=0,
+            counterfactual=0,
             latency_ms=(time.perf_counter() - ctx.started) * 1000,
         )
         self.tasks.spawn(self.budget.settle(ctx.reservation, 0, 0, record), name="settle-failed")
@@ -374,14 +474,23 @@ class Pipeline:
     def _ask_intent(self, ctx: RequestContext, planned: str) -> dict[str, Any]:
         assert ctx.principal is not None
         return ledger.intent(
-            request_id=ctx.request_id, ts_ms=ctx.started_ms, team=ctx.principal.team.name,
-            key_id=ctx.principal.key_id, tags=ctx.tags, operation=ctx.operation, inbound=ctx.inbound,
-            stream=ctx.stream, requested_model=ctx.requested_model, route=ctx.route, planned_model=planned,
+            request_id=ctx.request_id,
+            ts_ms=ctx.started_ms,
+            team=ctx.principal.team.name,
+            key_id=ctx.principal.key_id,
+            tags=ctx.tags,
+            operation=ctx.operation,
+            inbound=ctx.inbound,
+            stream=ctx.stream,
+            requested_model=ctx.requested_model,
+            route=ctx.route,
+            planned_model=planned,
             provider="",
         )
 
-    async def _finish_body(self, ctx: RequestContext, sent: Dispatched, upstream_started: float,
-                           cache: CacheDecision | None) -> Reply:
+    async def _finish_body(
+        self, ctx: RequestContext, sent: Dispatched, upstream_started: float, cache: CacheDecision | None
+    ) -> Reply:
         try:
             raw = await sent.reply.read()
             data, parsed, usage = convert_body(ctx.inbound, sent.call.wire, raw, sent.model.name)
@@ -393,22 +502,37 @@ class Pipeline:
             usage = self._estimate_usage(ctx, sent, "".join(_body_texts(parsed)))
         self._settle(ctx, sent, usage, 200)
         if cache is not None and cache.write:
-            entry = CacheEntry(kind="body", wire=ctx.inbound, operation=ctx.operation, body=data, events=[],
-                               usage=usage.as_dict(), served_model=sent.model.name,
-                               created_ms=int(time.time() * 1000), cost_nano=ctx.cost_nano or 0)
+            entry = CacheEntry(
+                kind="body",
+                wire=_wire(ctx.inbound),
+                operation=ctx.operation,
+                body=data,
+                events=[],
+                usage=usage.as_dict(),
+                served_model=sent.model.name,
+                created_ms=int(time.time() * 1000),
+                cost_nano=ctx.cost_nano or 0,
+            )
             self._cache_write(ctx, cache, sent.model.name, entry)
         headers = self._headers(ctx, sent.deployment)
         self._observe(ctx, 200)
         return Reply(200, data, headers)
 
-    def _relay(self, ctx: RequestContext, sent: Dispatched, upstream_started: float,
-               cache: CacheDecision | None) -> StreamReply:
+    def _relay(
+        self, ctx: RequestContext, sent: Dispatched, upstream_started: float, cache: CacheDecision | None
+    ) -> StreamReply:
         relay = stream_relay(ctx.inbound, sent.call.wire, ctx.client_wants_usage, sent.model.name)
         headers = self._headers(ctx, sent.deployment)
         return StreamReply(headers=headers, chunks=self._stream(ctx, sent, relay, upstream_started, cache))
 
-    async def _stream(self, ctx: RequestContext, sent: Dispatched, relay: StreamRelay, upstream_started: float,
-                      cache: CacheDecision | None) -> AsyncIterator[bytes]:
+    async def _stream(
+        self,
+        ctx: RequestContext,
+        sent: Dispatched,
+        relay: StreamRelay,
+        upstream_started: float,
+        cache: CacheDecision | None,
+    ) -> AsyncIterator[bytes]:
         recorded: list[bytes] | None = [] if cache is not None and cache.write else None
         status, failure = 200, ""
         try:
@@ -429,7 +553,7 @@ class Pipeline:
         except GeneratorExit:
             status, failure = 499, "client disconnected"  # the edge stopped iterating
             raise
-        except Exception as exc:  # noqa: BLE001 - a broken upstream must end as an error event
+        except Exception as exc:
             status, failure = 502, getattr(exc, "message", str(exc)) or exc.__class__.__name__
             yield error_event(ctx.inbound, f"upstream stream failed: {failure}")
         finally:
@@ -441,28 +565,44 @@ class Pipeline:
                 usage = self._estimate_usage(ctx, sent, "".join(relay.text), reported=relay.usage)
             self._settle(ctx, sent, usage, status)
             if recorded is not None and status == 200 and relay.completed and cache is not None:
-                entry = CacheEntry(kind="stream", wire=ctx.inbound, operation=ctx.operation, body=b"",
-                                   events=_strip_terminal(recorded, ctx.inbound), usage=usage.as_dict(),
-                                   served_model=sent.model.name, created_ms=int(time.time() * 1000),
-                                   cost_nano=ctx.cost_nano or 0)
+                entry = CacheEntry(
+                    kind="stream",
+                    wire=_wire(ctx.inbound),
+                    operation=ctx.operation,
+                    body=b"",
+                    events=_strip_terminal(recorded, ctx.inbound),
+                    usage=usage.as_dict(),
+                    served_model=sent.model.name,
+                    created_ms=int(time.time() * 1000),
+                    cost_nano=ctx.cost_nano or 0,
+                )
                 self._cache_write(ctx, cache, sent.model.name, entry)
+            self._end_lead(ctx)
             self._observe(ctx, status)
         if status == 200:
             yield _cost_comment(ctx.cost_nano or 0)
 
     # ------------------------------------------------------------------ metering and settle
 
-    def _estimate_usage(self, ctx: RequestContext, sent: Dispatched, delivered: str,
-                        reported: Usage | None = None) -> Usage:
+    def _estimate_usage(
+        self, ctx: RequestContext, sent: Dispatched, delivered: str, reported: Usage | None = None
+    ) -> Usage:
         """No usage from the provider (or a cut stream): count what was delivered, mark it estimated."""
         model = sent.deployment.upstream_model
-        prompt = reported.input_tokens if reported and reported.input_tokens else \
-            self._exact_prompt_tokens(ctx, model)
+        prompt = (
+            reported.input_tokens
+            if reported and reported.input_tokens
+            else self._exact_prompt_tokens(ctx, model)
+        )
         output = self.counter.count_text(delivered, model) if delivered else 0
         if reported is not None:
             output = max(output, reported.output_tokens)
-        return Usage(input_tokens=prompt, output_tokens=output, estimated=True,
-                     cached_input_tokens=reported.cached_input_tokens if reported else 0)
+        return Usage(
+            input_tokens=prompt,
+            output_tokens=output,
+            estimated=True,
+            cached_input_tokens=reported.cached_input_tokens if reported else 0,
+        )
 
     def _settle(self, ctx: RequestContext, sent: Dispatched, usage: Usage, status: int) -> None:
         assert ctx.principal is not None and ctx.reservation is not None
@@ -475,34 +615,58 @@ class Pipeline:
         team = ctx.principal.team.name
         model = sent.model.name
         self.metrics.cost.labels(team, model).inc(cost / 1e9)
-        for token_type, count in (("input", usage.input_tokens), ("output", usage.output_tokens),
-                                  ("cached_input", usage.cached_input_tokens),
-                                  ("cache_creation_input", usage.cache_creation_input_tokens),
-                                  ("reasoning", usage.reasoning_tokens)):
+        for token_type, count in (
+            ("input", usage.input_tokens),
+            ("output", usage.output_tokens),
+            ("cached_input", usage.cached_input_tokens),
+            ("cache_creation_input", usage.cache_creation_input_tokens),
+            ("reasoning", usage.reasoning_tokens),
+        ):
             if count:
                 self.metrics.tokens.labels(team, model, token_type).inc(count)
         if counterfactual > cost:
             self.metrics.savings.labels(team, "routing").inc((counterfactual - cost) / 1e9)
         self.tasks.spawn(self.budget.settle(ctx.reservation, cost, usage.total_tokens, record), name="settle")
 
-    def _record(self, ctx: RequestContext, deployment: DeploymentSpec, usage: Usage, *, cost: int,
-                counterfactual: int, status: int) -> dict[str, Any]:
+    def _record(
+        self,
+        ctx: RequestContext,
+        deployment: DeploymentSpec,
+        usage: Usage,
+        *,
+        cost: int,
+        counterfactual: int,
+        status: int,
+    ) -> dict[str, Any]:
         return ledger.complete(
-            self._ask_intent(ctx, deployment.logical), served_model=deployment.logical,
-            upstream_model=deployment.upstream_model, provider=deployment.provider.system,
-            deployment=deployment.id, cache=ctx.cache, status=status, usage=usage, cost=cost,
-            counterfactual=counterfactual, latency_ms=(time.perf_counter() - ctx.started) * 1000,
+            self._ask_intent(ctx, deployment.logical),
+            served_model=deployment.logical,
+            upstream_model=deployment.upstream_model,
+            provider=deployment.provider.system,
+            deployment=deployment.id,
+            cache=ctx.cache,
+            status=status,
+            usage=usage,
+            cost=cost,
+            counterfactual=counterfactual,
+            latency_ms=(time.perf_counter() - ctx.started) * 1000,
         )
 
     def _cache_write(self, ctx: RequestContext, cache: CacheDecision, model: str, entry: CacheEntry) -> None:
+        """Store under the model that actually answered (a fallback never fills the primary's slot)."""
         key = cache_key(cache.namespace, ctx.inbound, ctx.operation, model, ctx.body)
-        assert ctx.principal is not None
         self.cache.finish(key, entry)
-        self.tasks.spawn(self._write_and_unlock(cache, key, entry), name="cache-write")
+        lead, ctx.cache_lead = ctx.cache_lead, None
+        if lead is not None and lead[1] != key:
+            self.cache.finish(lead[1], None)
+        self.tasks.spawn(self._write_then_unlock(cache, key, entry, lead), name="cache-write")
 
-    async def _write_and_unlock(self, cache: CacheDecision, key: str, entry: CacheEntry) -> None:
+    async def _write_then_unlock(
+        self, cache: CacheDecision, key: str, entry: CacheEntry, lead: tuple[str, str] | None
+    ) -> None:
         await self.cache.put(cache.namespace, key, entry, cache.ttl_s)
-        await self.cache.release(cache.namespace, key)
+        if lead is not None:  # only now: a peer polling for the entry finds it before the lock is gone
+            await self.cache.release(*lead)
 
     # ------------------------------------------------------------------ response headers and metrics
 
@@ -533,8 +697,9 @@ class Pipeline:
             return
         provider = ctx.served.provider.system if ctx.served else "-"
         model = ctx.served.logical if ctx.served else ctx.requested_model
-        self.metrics.requests.labels(ctx.principal.team.name, ctx.route, model, provider, ctx.operation,
-                                     status_class(status)).inc()
+        self.metrics.requests.labels(
+            ctx.principal.team.name, ctx.route, model, provider, ctx.operation, status_class(status)
+        ).inc()
         total = time.perf_counter() - ctx.started
         self.metrics.request_duration.labels(ctx.operation, provider).observe(total)
         if ctx.cache != "hit":
@@ -547,6 +712,10 @@ class Pipeline:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _wire(inbound: str) -> Literal["openai", "anthropic"]:
+    return "anthropic" if inbound == "anthropic" else "openai"
 
 
 def _client_max_tokens(body: dict[str, Any], inbound: str) -> int | None:
@@ -574,8 +743,11 @@ def _last_user_text(body: dict[str, Any]) -> str:
             if isinstance(content, str):
                 return content
             if isinstance(content, list):
-                return " ".join(p.get("text", "") for p in content if isinstance(p, dict)
-                                and isinstance(p.get("text"), str))
+                return " ".join(
+                    p.get("text", "")
+                    for p in content
+                    if isinstance(p, dict) and isinstance(p.get("text"), str)
+                )
     prompt = body.get("prompt")
     return prompt if isinstance(prompt, str) else ""
 
@@ -604,7 +776,7 @@ def _remember(recorded: list[bytes] | None, out: bytes) -> None:
         end = out.find(b"\n\n", start)
         if end < 0:
             break
-        recorded.append(out[start:end + 2])
+        recorded.append(out[start : end + 2])
         start = end + 2
 
 

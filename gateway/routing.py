@@ -73,8 +73,12 @@ class Router:
         now = time.monotonic() if now is None else now
         for d in model.deployments:
             b = self.breakers.get(d.id)
-            if b is None or b.state == CLOSED or (b.state == OPEN and now - b.opened_at >= self.cfg.cooldown_s) \
-                    or (b.state == HALF_OPEN and not b.probing):
+            if (
+                b is None
+                or b.state == CLOSED
+                or (b.state == OPEN and now - b.opened_at >= self.cfg.cooldown_s)
+                or (b.state == HALF_OPEN and not b.probing)
+            ):
                 return True
         return False
 
@@ -93,13 +97,17 @@ class Router:
         b = self.breakers.get(deployment_id)
         return b.state if b else CLOSED
 
-    def record(self, deployment_id: str, ok: bool, latency_s: float | None = None, now: float | None = None) -> str:
+    def record(
+        self, deployment_id: str, ok: bool, latency_s: float | None = None, now: float | None = None
+    ) -> str:
         """Record an attempt's outcome; returns the breaker state afterwards."""
         now = time.monotonic() if now is None else now
         b = self.breakers.setdefault(deployment_id, Breaker())
         if ok and latency_s is not None:
             prev = self.latency.get(deployment_id)
-            self.latency[deployment_id] = latency_s if prev is None else prev + _EWMA_ALPHA * (latency_s - prev)
+            self.latency[deployment_id] = (
+                latency_s if prev is None else prev + _EWMA_ALPHA * (latency_s - prev)
+            )
         b.outcomes.append((now, ok))
         if ok:
             b.consecutive = 0

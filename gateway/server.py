@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -52,7 +53,9 @@ def make_app(gateway: Gateway, watch: bool = True) -> web.Application:
 
 
 @web.middleware
-async def _unknown_route_middleware(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+async def _unknown_route_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPNotFound:
@@ -73,17 +76,22 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool) -> None
     if config.source.server.mock_upstream:
         from gateway.mock_upstream import MockConfig, start_mock
 
-        mock_runner, mock_port = await start_mock(MockConfig(host="127.0.0.1", port=config.source.server.mock_upstream_port))
+        mock_runner, mock_port = await start_mock(
+            MockConfig(host="127.0.0.1", port=config.source.server.mock_upstream_port)
+        )
         log.info("mock provider listening", extra={"url": f"http://127.0.0.1:{mock_port}"})
     gateway = Gateway(config)
     app = make_app(gateway)
-    runner = web.AppRunner(app, handle_signals=False, access_log=None,
-                           shutdown_timeout=config.source.server.shutdown_grace_s)
+    runner = web.AppRunner(
+        app, handle_signals=False, access_log=None, shutdown_timeout=config.source.server.shutdown_grace_s
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
-    log.info("gateway listening", extra={"url": f"http://{host}:{port}", "store": gateway.store.name,
-                                         "pid": os.getpid()})
+    log.info(
+        "gateway listening",
+        extra={"url": f"http://{host}:{port}", "store": gateway.store.name, "pid": os.getpid()},
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -116,9 +124,14 @@ def serve(config_path: str, host: str | None, port: int | None, workers: int | N
     if workers == 1:
         _worker(config_path, host, port, False)
         return 0
-    if config.source.store.backend != "redis" and not (os.environ.get("GATEWAY_REDIS_URL") or config.source.store.redis_url):
-        print("--workers > 1 needs the Redis store (the embedded store is single-process); "
-              "set GATEWAY_REDIS_URL or store.backend: redis", file=sys.stderr)
+    if config.source.store.backend != "redis" and not (
+        os.environ.get("GATEWAY_REDIS_URL") or config.source.store.redis_url
+    ):
+        print(
+            "--workers > 1 needs the Redis store (the embedded store is single-process); "
+            "set GATEWAY_REDIS_URL or store.backend: redis",
+            file=sys.stderr,
+        )
         return 2
     return _supervise(config_path, host, port, workers)
 
@@ -127,8 +140,10 @@ def _supervise(config_path: str, host: str, port: int, workers: int) -> int:
     metrics_dir = tempfile.mkdtemp(prefix="gateway-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(config_path, host, port, True), name=f"gateway-worker-{i}")
-             for i in range(workers)]
+    procs = [
+        ctx.Process(target=_worker, args=(config_path, host, port, True), name=f"gateway-worker-{i}")
+        for i in range(workers)
+    ]
     for p in procs:
         p.start()
 

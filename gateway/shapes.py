@@ -110,7 +110,7 @@ def check_openai_embeddings(body: dict[str, Any]) -> None:
     value = body.get("input")
     if value is None:
         raise InvalidRequest("you must provide an `input` parameter", param="input")
-    if not isinstance(value, str | list) or value == [] or value == "":
+    if not isinstance(value, str | list) or value in ([], ""):
         raise InvalidRequest("`input` must be a non-empty string or array", param="input")
     _optional_int(body, "dimensions", 1)
 

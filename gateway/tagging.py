@@ -37,8 +37,9 @@ def parse_header(raw: str, limits: TagLimits, into: dict[str, str]) -> None:
             _accept(into, key, value, limits)
 
 
-def extract(team_tags: Mapping[str, str], body: dict[str, Any], header: str | None,
-            limits: TagLimits) -> dict[str, str]:
+def extract(
+    team_tags: Mapping[str, str], body: dict[str, Any], header: str | None, limits: TagLimits
+) -> dict[str, str]:
     tags: dict[str, str] = {}
     for key, value in team_tags.items():
         _accept(tags, key, value, limits)

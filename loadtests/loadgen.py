@@ -37,7 +37,7 @@ import tempfile
 import time
 from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +47,8 @@ import orjson
 import uvloop
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import procstat  # noqa: E402
-from scenario import body_template, load_scenario  # noqa: E402
+import procstat
+from scenario import body_template, load_scenario
 
 HERE = Path(__file__).resolve().parent
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
@@ -120,7 +120,9 @@ def load_keys(args: argparse.Namespace) -> list[str]:
     return keys or ["sk-demo"]
 
 
-async def read_stream(resp: aiohttp.ClientResponse, started: float, rec: Recorder | None, stall_s: float) -> bool:
+async def read_stream(
+    resp: aiohttp.ClientResponse, started: float, rec: Recorder | None, stall_s: float
+) -> bool:
     """Consume an SSE body, recording TTFB and per-chunk arrival gaps. True if it ended with [DONE]."""
     last = 0.0
     tail = b""
@@ -167,7 +169,7 @@ async def send_one(
                 complete = await read_stream(resp, started, rec, stall_s)
             else:
                 await resp.read()
-    except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         if rec is not None:
             rec.errors[type(exc).__name__] += 1
         return
@@ -257,7 +259,14 @@ async def run_closed(plan: Plan, factory: RequestFactory, phase: Phase) -> None:
                 break
             i = next(counter)
             await send_one(
-                session, plan.url, factory.body(i), factory.headers_for(i), now, rec, plan.stream, plan.stall_s
+                session,
+                plan.url,
+                factory.body(i),
+                factory.headers_for(i),
+                now,
+                rec,
+                plan.stream,
+                plan.stall_s,
             )
 
     async with aiohttp.ClientSession(connector=_connector(plan.connections), timeout=timeout) as session:
@@ -297,9 +306,15 @@ async def run_open(plan: Plan, factory: RequestFactory, phase: Phase) -> None:
                         rec.dropped += 1
                 else:
                     coro = send_one(
-                        session, plan.url, factory.body(i), factory.headers_for(i),
-                        intended, rec, plan.stream, plan.stall_s,
-                    )  # fmt: skip
+                        session,
+                        plan.url,
+                        factory.body(i),
+                        factory.headers_for(i),
+                        intended,
+                        rec,
+                        plan.stream,
+                        plan.stall_s,
+                    )
                     task = asyncio.get_running_loop().create_task(coro)
                     inflight.add(task)
                     task.add_done_callback(inflight.discard)
@@ -347,7 +362,9 @@ def wrk_path() -> str | None:
     return shutil.which("wrk")
 
 
-def run_wrk(plan: Plan, factory: RequestFactory, keys: list[str], watch: dict[str, list[int]]) -> dict[str, Any]:
+def run_wrk(
+    plan: Plan, factory: RequestFactory, keys: list[str], watch: dict[str, list[int]]
+) -> dict[str, Any]:
     """Closed loop with wrk (one thread: the load generator gets one core)."""
     with tempfile.TemporaryDirectory(prefix="loadgen-wrk-") as tmp:
         files = {"prefix": Path(tmp, "prefix"), "suffix": Path(tmp, "suffix"), "keys": Path(tmp, "keys")}
@@ -367,9 +384,16 @@ def run_wrk(plan: Plan, factory: RequestFactory, keys: list[str], watch: dict[st
 
         def wrk(seconds: float) -> list[str]:
             return [
-                wrk_path() or "wrk", "-t1", f"-c{plan.connections}", f"-d{max(1, round(seconds))}s",
-                "--timeout", f"{max(1, round(plan.timeout))}s", "-s", str(HERE / "wrk_post.lua"), plan.url,
-            ]  # fmt: skip
+                wrk_path() or "wrk",
+                "-t1",
+                f"-c{plan.connections}",
+                f"-d{max(1, round(seconds))}s",
+                "--timeout",
+                f"{max(1, round(plan.timeout))}s",
+                "-s",
+                str(HERE / "wrk_post.lua"),
+                plan.url,
+            ]
 
         if plan.warmup > 0:
             subprocess.run(wrk(plan.warmup), env=env, check=True, capture_output=True)
@@ -427,8 +451,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", required=True, help="full URL, e.g. http://127.0.0.1:8080/v1/chat/completions")
     p.add_argument("--scenario", required=True, help="scenario JSON (loadtests/scenarios/*.json)")
     p.add_argument("--mode", choices=("open", "closed"), default="closed")
-    p.add_argument("--driver", choices=("auto", "python", "wrk"), default="python",
-                   help="closed loop only; auto = wrk if installed and the body is not streamed")
+    p.add_argument(
+        "--driver",
+        choices=("auto", "python", "wrk"),
+        default="python",
+        help="closed loop only; auto = wrk if installed and the body is not streamed",
+    )
     p.add_argument("--duration", type=float, default=10.0, help="measured seconds")
     p.add_argument("--warmup", type=float, default=1.0, help="unrecorded seconds before the window")
     p.add_argument("--connections", "-c", type=int, default=16, help="closed loop concurrency")
@@ -436,8 +464,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=100.0, help="open loop requests per second")
     p.add_argument("--max-inflight", type=int, default=1024, help="open loop: above this, count drops")
     p.add_argument("--max-requests", type=int, default=0, help="closed loop: stop after N measured requests")
-    p.add_argument("--unique", dest="unique", action="store_true", default=None,
-                   help="unique prompt suffix per request (defeats caches); default from scenario")
+    p.add_argument(
+        "--unique",
+        dest="unique",
+        action="store_true",
+        default=None,
+        help="unique prompt suffix per request (defeats caches); default from scenario",
+    )
     p.add_argument("--fixed", dest="unique", action="store_false", help="identical body every request")
     p.add_argument("--stream", dest="stream", action="store_true", default=None, help="force stream: true")
     p.add_argument("--key", action="append", help="API key (repeatable); rotated per request")
@@ -446,10 +479,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--key-count", type=int, default=1000)
     p.add_argument("--stall-ms", type=float, default=250.0, help="stream chunk gap counted as a stall")
     p.add_argument("--timeout", type=float, default=60.0, help="per-request timeout (s)")
-    p.add_argument("--watch-pid", action="append", default=[], metavar="NAME=PID",
-                   help="report CPU seconds of this process tree over the measured window")
+    p.add_argument(
+        "--watch-pid",
+        action="append",
+        default=[],
+        metavar="NAME=PID",
+        help="report CPU seconds of this process tree over the measured window",
+    )
     p.add_argument("--out", help="write the JSON here instead of stdout")
-    return p.parse_args(argv)  # fmt: skip
+    return p.parse_args(argv)
 
 
 def build(args: argparse.Namespace) -> tuple[Plan, RequestFactory, list[str]]:
@@ -462,11 +500,19 @@ def build(args: argparse.Namespace) -> tuple[Plan, RequestFactory, list[str]]:
     headers = [{"Content-Type": "application/json", "Authorization": f"Bearer {k}"} for k in keys]
     nonce = f"{os.getpid()}-{time.time_ns()}-".encode()
     plan = Plan(
-        url=args.url, mode=args.mode, duration=args.duration, warmup=args.warmup,
-        connections=args.connections, rate=args.rate, max_inflight=args.max_inflight,
-        max_requests=args.max_requests, stream=scenario.stream, stall_s=args.stall_ms / 1000,
-        timeout=args.timeout, ramp=args.ramp,
-    )  # fmt: skip
+        url=args.url,
+        mode=args.mode,
+        duration=args.duration,
+        warmup=args.warmup,
+        connections=args.connections,
+        rate=args.rate,
+        max_inflight=args.max_inflight,
+        max_requests=args.max_requests,
+        stream=scenario.stream,
+        stall_s=args.stall_ms / 1000,
+        timeout=args.timeout,
+        ramp=args.ramp,
+    )
     return plan, RequestFactory(prefix, suffix, headers, nonce), keys
 
 
@@ -499,19 +545,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         result = run_wrk(plan, factory, keys, watch)
     else:
         phase = Phase(watch)
-        runner: Callable[[Plan, RequestFactory, Phase], Awaitable[None]] = (
+        runner: Callable[[Plan, RequestFactory, Phase], Coroutine[Any, Any, None]] = (
             run_open if plan.mode == "open" else run_closed
         )
         uvloop.run(runner(plan, factory, phase))
         result = python_result(plan, phase)
     result["config"] = {
-        "url": plan.url, "mode": plan.mode, "duration_s": plan.duration, "warmup_s": plan.warmup,
+        "url": plan.url,
+        "mode": plan.mode,
+        "duration_s": plan.duration,
+        "warmup_s": plan.warmup,
         "connections": plan.connections if plan.mode == "closed" else None,
         "rate": plan.rate if plan.mode == "open" else None,
         "max_inflight": plan.max_inflight if plan.mode == "open" else None,
-        "stream": plan.stream, "unique": factory.suffix is not None, "keys": len(keys),
-        "body_bytes": len(factory.body(0)), "scenario": args.scenario,
-    }  # fmt: skip
+        "stream": plan.stream,
+        "unique": factory.suffix is not None,
+        "keys": len(keys),
+        "body_bytes": len(factory.body(0)),
+        "scenario": args.scenario,
+    }
     return result
 
 

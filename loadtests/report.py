@@ -1,6 +1,6 @@
 """Derived numbers, target checks and the Markdown report for a run.py results file.
 
-    python loadtests/report.py loadtests/results/<date>-<commit>.json   # re-render the .md
+python loadtests/report.py loadtests/results/<date>-<commit>.json   # re-render the .md
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def aux_core_util(r: Result | None) -> float | None:
     parts = [cpu.get(k) for k in ("loadgen", "upstream", "redis")]
     if not elapsed or all(p is None for p in parts):
         return None
-    return round(sum(p or 0.0 for p in parts) / elapsed, 3)
+    return round(sum(float(p or 0.0) for p in parts) / float(elapsed), 3)
 
 
 def derive_scenario(s: Result) -> Result:
@@ -70,8 +70,9 @@ def derive_scenario(s: Result) -> Result:
     for target in ("minimal", "peer", "gateway"):
         if target in c1 and "direct" in c1:
             for p in ("p50", "p90", "p99", "p99.9"):
-                out[f"{target}_c1_added_{p}_ms"] = _sub(_get(c1, target, "latency_ms", p),
-                                                        _get(c1, "direct", "latency_ms", p))  # fmt: skip
+                out[f"{target}_c1_added_{p}_ms"] = _sub(
+                    _get(c1, target, "latency_ms", p), _get(c1, "direct", "latency_ms", p)
+                )
     if "gateway" in tp:
         gw_rps = _get(tp, "gateway", "rps")
         out["throughput_vs_minimal"] = _ratio(gw_rps, _get(tp, "minimal", "rps"))
@@ -83,8 +84,9 @@ def derive_scenario(s: Result) -> Result:
     if "gateway" in st and "direct" in st:
         for metric in ("ttfb_ms", "gap_ms"):
             for p in ("p50", "p99", "p99.9"):
-                out[f"stream_added_{metric[:-3]}_{p}_ms"] = _sub(_get(st, "gateway", metric, p),
-                                                                  _get(st, "direct", metric, p))  # fmt: skip
+                out[f"stream_added_{metric[:-3]}_{p}_ms"] = _sub(
+                    _get(st, "gateway", metric, p), _get(st, "direct", metric, p)
+                )
         g = st["gateway"]
         out["stream_failed_streams"] = int(g.get("stalls", 0)) + int(g.get("error_count", 0))
     if "gateway_w1" in tp and "gateway_w2" in tp:
@@ -102,8 +104,17 @@ def derive(results: Result) -> Result:
     for key, scenario, what, limit, op in TARGETS:
         value = _get(per, scenario, key)
         passed = None if value is None else (value <= limit if op == "le" else value >= limit)
-        checks.append({"id": key, "scenario": scenario, "what": what, "value": value, "limit": limit,
-                       "op": op, "pass": passed})  # fmt: skip
+        checks.append(
+            {
+                "id": key,
+                "scenario": scenario,
+                "what": what,
+                "value": value,
+                "limit": limit,
+                "op": op,
+                "pass": passed,
+            }
+        )
     return {"scenarios": per, "targets": checks}
 
 
@@ -118,6 +129,10 @@ def _f(v: Any, digits: int = 3) -> str:
     return f"{v:,}" if isinstance(v, int) else str(v)
 
 
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.0%}"
+
+
 def _signed(v: float | None) -> str:
     return "—" if v is None else f"{v:+.3f}"
 
@@ -126,7 +141,8 @@ def _rss(proc: Result | None) -> str:
     if not proc:
         return "—"
     if proc.get("pids", 1) > 1:
-        return f"{_f(proc['peak_rss_max_mb'], 1)} max/proc ({_f(proc['peak_rss_total_mb'], 1)} in {proc['pids']})"
+        total = _f(proc["peak_rss_total_mb"], 1)
+        return f"{_f(proc['peak_rss_max_mb'], 1)} max/proc ({total} in {proc['pids']})"
     return _f(proc.get("peak_rss_max_mb"), 1)
 
 
@@ -150,11 +166,14 @@ def _latency_table(s: Result, measurements: dict[str, dict[str, Result]]) -> lis
             lat = r["latency_ms"]
             added = "—"
             if direct is not None and target != "direct":
-                added = (f"{_signed(_sub(lat['p50'], direct['latency_ms']['p50']))} / "
-                         f"{_signed(_sub(lat['p99'], direct['latency_ms']['p99']))}")  # fmt: skip
+                added = (
+                    f"{_signed(_sub(lat['p50'], direct['latency_ms']['p50']))} / "
+                    f"{_signed(_sub(lat['p99'], direct['latency_ms']['p99']))}"
+                )
             util = cpu_util(r)
             lines.append(
-                f"| {labels.get(kind, kind)} | {target} | {r['driver']} | {_f(r['rps'], 0)} | {_f(lat['p50'])} "
+                f"| {labels.get(kind, kind)} | {target} | {r['driver']} | {_f(r['rps'], 0)} "
+                f"| {_f(lat['p50'])} "
                 f"| {_f(lat['p90'])} | {_f(lat['p99'])} | {_f(lat['p99.9'])} | {_f(lat['max'])} | {added} "
                 f"| {_f(cpu_per_request_ms(r))} | {'—' if util is None else f'{util:.0%}'} "
                 f"| {_rss(_get(s, 'processes', target))} | {_errors(r)} |"
@@ -165,7 +184,8 @@ def _latency_table(s: Result, measurements: dict[str, dict[str, Result]]) -> lis
 def _stream_table(s: Result, by_target: dict[str, Result]) -> list[str]:
     lines = [
         "| target | streams/s | total p50 | TTFB p50 | TTFB p99 | TTFB p99.9 | gap p50 | gap p99 | gap p99.9 "
-        "| gap max | added TTFB p99 | added gap p99 | stalls | CPU/stream (ms) | CPU util | peak RSS (MB) | errors |",
+        "| gap max | added TTFB p99 | added gap p99 | stalls | CPU/stream (ms) | CPU util | peak RSS (MB) "
+        "| errors |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     direct = by_target.get("direct")
@@ -177,10 +197,12 @@ def _stream_table(s: Result, by_target: dict[str, Result]) -> list[str]:
             add_g = _signed(_sub(g["p99"], direct["gap_ms"]["p99"]))
         util = cpu_util(r)
         lines.append(
-            f"| {target} | {_f(r['rps'], 1)} | {_f(r['latency_ms']['p50'])} | {_f(t['p50'])} | {_f(t['p99'])} "
+            f"| {target} | {_f(r['rps'], 1)} | {_f(r['latency_ms']['p50'])} | {_f(t['p50'])} "
+            f"| {_f(t['p99'])} "
             f"| {_f(t['p99.9'])} | {_f(g['p50'])} | {_f(g['p99'])} | {_f(g['p99.9'])} | {_f(g['max'])} "
             f"| {add_t} | {add_g} | {r.get('stalls', 0)} | {_f(cpu_per_request_ms(r))} "
-            f"| {'—' if util is None else f'{util:.0%}'} | {_rss(_get(s, 'processes', target))} | {_errors(r)} |"
+            f"| {'—' if util is None else f'{util:.0%}'} | {_rss(_get(s, 'processes', target))} "
+            f"| {_errors(r)} |"
         )
     return lines
 
@@ -188,8 +210,12 @@ def _stream_table(s: Result, by_target: dict[str, Result]) -> list[str]:
 def _header(meta: Result) -> list[str]:
     mach = meta.get("machine", {})
     pin = meta.get("pinning", {})
-    pin_text = (f"target (gateway / proxy) on CPU {pin.get('target_cpus')}; upstream, Redis and load generator "
-                f"on CPU {pin.get('aux_cpus')}" if pin.get("enabled") else f"NOT pinned: {pin.get('warning')}")  # fmt: skip
+    pin_text = (
+        f"target (gateway / proxy) on CPU {pin.get('target_cpus')}; upstream, Redis and load generator "
+        f"on CPU {pin.get('aux_cpus')}"
+        if pin.get("enabled")
+        else f"NOT pinned: {pin.get('warning')}"
+    )
     dur = meta.get("durations", {})
     mode = "quick" if meta.get("quick") else "full"
     return [
@@ -207,8 +233,9 @@ def _header(meta: Result) -> list[str]:
         f"| pinning | {pin_text} |",
         f"| upstreams | {', '.join(f'{k}: {v}' for k, v in meta.get('upstreams', {}).items()) or '—'} |",
         f"| closed-loop driver | {meta.get('driver')} (per row below); streams and open loop: python |",
-        f"| mode | {mode}: c=1 {dur.get('c1')} s, c=16 {dur.get('throughput')} s, streams {dur.get('stream')} s, "
-        f"warmup {dur.get('warmup')} s per measurement |",
+        f"| mode | {mode}: c=1 {dur.get('c1')} s, c=16 {dur.get('throughput')} s, "
+        f"streams {dur.get('stream')} s, "
+        f"warmup {dur.get('warmup')} s (c=16 after c=1: {dur.get('throughput_warmup')} s) |",
         f"| gateway command | `{meta.get('gateway_cmd')}` |",
         "",
     ]
@@ -241,19 +268,20 @@ def _bottleneck(results: Result) -> list[str]:
         ratio, aux = d["direct_over_gateway"], d.get("aux_core_util_during_gateway")
         ok = ratio >= 2 and (aux is None or aux < 0.9)
         verdict = "upstream is not the bottleneck" if ok else "**upstream or load generator may be limiting**"
-        pct = (lambda v: "—" if v is None else f"{v:.0%}")  # noqa: E731
         lines.append(
             f"| {name} | {_f(tp['direct']['rps'], 0)} | {_f(tp['gateway']['rps'], 0)} | {ratio:.1f}x "
-            f"| {pct(d.get('gateway_cpu_util'))} | {pct(d.get('upstream_cpu_util_during_gateway'))} "
-            f"| {pct(aux)} | {verdict} |"
+            f"| {_pct(d.get('gateway_cpu_util'))} | {_pct(d.get('upstream_cpu_util_during_gateway'))} "
+            f"| {_pct(aux)} | {verdict} |"
         )
     return [*lines, ""]
 
 
 def _scenario(name: str, s: Result) -> list[str]:
     lines = [f"## {name}", "", f"{s.get('description', '')}.", ""]
-    lines.append(f"Config `loadtests/configs/{s.get('config')}`, body `loadtests/scenarios/{s.get('body')}`, "
-                 f"upstream {s.get('upstream')}, {s.get('wall_s')} s wall.")  # fmt: skip
+    lines.append(
+        f"Config `loadtests/configs/{s.get('config')}`, body `loadtests/scenarios/{s.get('body')}`, "
+        f"upstream {s.get('upstream')}, {s.get('wall_s')} s wall."
+    )
     lines.append("")
     m = s.get("measurements", {})
     if "streams" in m:
@@ -262,23 +290,32 @@ def _scenario(name: str, s: Result) -> list[str]:
         lines += _latency_table(s, m)
     if s.get("kind") == "workers":
         w1, w2 = _get(m, "throughput", "gateway_w1", "rps"), _get(m, "throughput", "gateway_w2", "rps")
-        lines += ["", f"Scaling --workers 2 / --workers 1: **{_f(_ratio(w2, w1))}x** "
-                  "(2 workers get both cores, which they share with the upstream and the load generator, "
-                  "so this is a lower bound on a 2-core machine)."]  # fmt: skip
+        lines += [
+            "",
+            f"Scaling --workers 2 / --workers 1: **{_f(_ratio(w2, w1))}x** "
+            "(2 workers get both cores, which they share with the upstream and the load generator, "
+            "so this is a lower bound on a 2-core machine).",
+        ]
     if s.get("kind") == "idle":
-        lines += ["| process | RSS after start (max/proc, MB) | RSS after traffic (max/proc, MB) "
-                  "| total after traffic (MB) | processes |", "|---|--:|--:|--:|--:|"]  # fmt: skip
+        lines += [
+            "| process | RSS after start (max/proc, MB) | RSS after traffic (max/proc, MB) "
+            "| total after traffic (MB) | processes |",
+            "|---|--:|--:|--:|--:|",
+        ]
         for proc, snap in s.get("processes", {}).items():
             a, b = snap["after_start"], snap["after_traffic"]
-            lines.append(f"| {proc} | {_f(a['rss_max_mb'], 1)} | {_f(b['rss_max_mb'], 1)} "
-                         f"| {_f(b['rss_total_mb'], 1)} | {b['pids']} |")  # fmt: skip
+            lines.append(
+                f"| {proc} | {_f(a['rss_max_mb'], 1)} | {_f(b['rss_max_mb'], 1)} "
+                f"| {_f(b['rss_total_mb'], 1)} | {b['pids']} |"
+            )
     if s.get("kind") == "soak":
         load = s.get("load", {})
         lat = load.get("latency_ms", {})
         samples = s.get("rss_samples", [])
         lines += [
-            f"{s.get('minutes')} min open loop at {_f(s.get('rate'), 0)} req/s (50% of {_f(s.get('max_rps'), 0)}): "
-            f"served {_f(load.get('ok'))}, errors {_errors(load) if load else '—'}; latency from intended send "
+            f"{s.get('minutes')} min open loop at {_f(s.get('rate'), 0)} req/s "
+            f"(50% of {_f(s.get('max_rps'), 0)}): served {_f(load.get('ok'))}, "
+            f"errors {_errors(load) if load else '—'}; latency from intended send "
             f"time p50 {_f(lat.get('p50'))} / p99 {_f(lat.get('p99'))} / p99.9 {_f(lat.get('p99.9'))} ms.",
             "",
             f"RSS growth first → last sample: **{_f(s.get('rss_growth_pct'), 2)}%** "

@@ -54,14 +54,18 @@ STREAM_PACING_MS = 20
 STREAM_CONCURRENCY = 256
 THROUGHPUT_CONNECTIONS = 16
 
-DEFAULT_GATEWAY_CMD = "{python} -m gateway serve --config {config} --host {host} --port {port} --workers {workers}"
+DEFAULT_GATEWAY_CMD = (
+    "{python} -m gateway serve --config {config} --host {host} --port {port} --workers {workers}"
+)
 DEFAULT_MOCK_CMD = (
     "{python} -m gateway mock-upstream --host {host} --port {port} --latency-ms {latency_ms} "
     "--chunk-delay-ms {chunk_delay_ms} --completion-tokens {completion_tokens}"
 )
 # Used only while the `gateway` CLI has no __main__ yet: the same mock, by module.
 FALLBACK_MOCK_CMD = DEFAULT_MOCK_CMD.replace("-m gateway mock-upstream", "-m gateway.mock_upstream")
-MINIMAL_CMD = "{python} " + str(HERE / "minimal_proxy.py") + " --host {host} --port {port} --upstream {upstream}"
+MINIMAL_CMD = (
+    "{python} " + str(HERE / "minimal_proxy.py") + " --host {host} --port {port} --upstream {upstream}"
+)
 LITELLM_CMD = "litellm --config {workdir}/litellm.yaml --host {host} --port {port} --num_workers 1"
 LITELLM_YAML = """model_list:
   - model_name: gpt-4o-mini
@@ -87,24 +91,57 @@ MANY_KEYS = ("--key-prefix", "sk-load-", "--key-count", "1000")
 SCENARIOS: dict[str, ScenarioSpec] = {
     s.name: s
     for s in (
-        ScenarioSpec("miss_full", "non-streamed ~300-token chat, unique prompt per request (cache miss), "
-                     "every feature on", "chat_300.json"),
-        ScenarioSpec("stream_paced", f"{STREAM_CONCURRENCY} concurrent streams, upstream paces chunks "
-                     f"{STREAM_PACING_MS} ms apart", "chat_300_stream.json", upstream="paced", kind="stream"),
-        ScenarioSpec("cache_hit", "fixed body, temperature 0: every request after the first is a cache hit",
-                     "chat_300_fixed.json"),
-        ScenarioSpec("many_keys", "100 teams / 1,000 keys, key rotated per request, cache miss",
-                     "chat_300.json", config="many_keys.yaml", keys=MANY_KEYS),
+        ScenarioSpec(
+            "miss_full",
+            "non-streamed ~300-token chat, unique prompt per request (cache miss), every feature on",
+            "chat_300.json",
+        ),
+        ScenarioSpec(
+            "stream_paced",
+            f"{STREAM_CONCURRENCY} concurrent streams, upstream paces chunks {STREAM_PACING_MS} ms apart",
+            "chat_300_stream.json",
+            upstream="paced",
+            kind="stream",
+        ),
+        ScenarioSpec(
+            "cache_hit",
+            "fixed body, temperature 0: every request after the first is a cache hit",
+            "chat_300_fixed.json",
+        ),
+        ScenarioSpec(
+            "many_keys",
+            "100 teams / 1,000 keys, key rotated per request, cache miss",
+            "chat_300.json",
+            config="many_keys.yaml",
+            keys=MANY_KEYS,
+        ),
         ScenarioSpec("large_prompt", "~30k-token prompt, cache miss", "large_prompt_30k.json"),
-        ScenarioSpec("workers2", "max throughput with --workers 2 (all cores) vs --workers 1 (one core)",
-                     "chat_300.json", kind="workers"),
-        ScenarioSpec("idle_rss", "RSS per worker at idle, after start and after some traffic",
-                     "chat_300.json", kind="idle"),
-        ScenarioSpec("soak", "open loop at 50% of max throughput, RSS sampled every 10 s",
-                     "chat_300.json", kind="soak"),
+        ScenarioSpec(
+            "workers2",
+            "max throughput with --workers 2 (all cores) vs --workers 1 (one core)",
+            "chat_300.json",
+            kind="workers",
+        ),
+        ScenarioSpec(
+            "idle_rss",
+            "RSS per worker at idle, after start and after some traffic",
+            "chat_300.json",
+            kind="idle",
+        ),
+        ScenarioSpec(
+            "soak", "open loop at 50% of max throughput, RSS sampled every 10 s", "chat_300.json", kind="soak"
+        ),
     )
-}  # fmt: skip
-DEFAULT_ORDER = ["miss_full", "stream_paced", "cache_hit", "many_keys", "large_prompt", "workers2", "idle_rss"]
+}
+DEFAULT_ORDER = [
+    "miss_full",
+    "stream_paced",
+    "cache_hit",
+    "many_keys",
+    "large_prompt",
+    "workers2",
+    "idle_rss",
+]
 
 
 @dataclass
@@ -113,13 +150,14 @@ class Durations:
     throughput: float
     stream: float
     warmup: float
+    throughput_warmup: float  # c=16 runs right after c=1 on the same warm target
     idle_wait: float
     stream_tokens: int
     soak_sample_s: float = 10.0
 
     @classmethod
     def pick(cls, quick: bool, override: float | None) -> Durations:
-        d = cls(2, 3, 4, 1, 2, 25) if quick else cls(10, 15, 20, 2, 10, 50)
+        d = cls(2, 3, 4, 1, 0, 1, 25) if quick else cls(10, 15, 20, 2, 2, 10, 50)
         if override:
             d.c1 = d.throughput = d.stream = override
         return d
@@ -150,8 +188,21 @@ class Run:
         if redis is None:
             raise SystemExit("redis-server not found (apt-get install -y redis-server)")
         self.redis_port = self.sup.free_port()
-        argv = [redis, "--port", str(self.redis_port), "--bind", HOST, "--save", "", "--appendonly", "no",
-                "--protected-mode", "yes", "--dir", str(self.workdir)]  # fmt: skip
+        argv = [
+            redis,
+            "--port",
+            str(self.redis_port),
+            "--bind",
+            HOST,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+            "--dir",
+            str(self.workdir),
+        ]
         child = self.sup.start("redis", argv, self.pin.aux, port=self.redis_port)
         self.sup.wait_ready(child, redis_ready(self.redis_port), 15)
 
@@ -175,9 +226,13 @@ class Run:
             argv, impl = nginx_argv(port, self.workdir / f"nginx-{port}"), "nginx"
         else:
             paced = kind == "paced"
-            argv = self.fmt(self.mock_cmd(), port=port, latency_ms=0,
-                            chunk_delay_ms=STREAM_PACING_MS if paced else 0,
-                            completion_tokens=self.dur.stream_tokens if paced else 16)  # fmt: skip
+            argv = self.fmt(
+                self.mock_cmd(),
+                port=port,
+                latency_ms=0,
+                chunk_delay_ms=STREAM_PACING_MS if paced else 0,
+                completion_tokens=self.dur.stream_tokens if paced else 16,
+            )
             impl = "mock" + (f" ({STREAM_PACING_MS} ms chunks)" if paced else "")
         child = self.sup.start(f"upstream-{kind}", argv, self.pin.aux, port=port)
         self.sup.wait_ready(child, tcp_open(port), 30)
@@ -196,23 +251,37 @@ class Run:
         env.setdefault("ANTHROPIC_API_KEY", "sk-ant-loadtest-upstream")
         return env
 
-    def start_gateway(self, spec: ScenarioSpec, upstream: str, workers: int = 1, cpus: str | None = None) -> Child:
+    def start_gateway(
+        self, spec: ScenarioSpec, upstream: str, workers: int = 1, cpus: str | None = None
+    ) -> Child:
         template = self.args.gateway_cmd or DEFAULT_GATEWAY_CMD
         config = CONFIGS / spec.config
         if "{config}" in template and not config.exists():
             raise StartupError(f"gateway config {config} does not exist")
         port = self.sup.free_port()
-        argv = self.fmt(template, port=port, config=config, workers=workers, upstream=upstream,
-                        redis_url=f"redis://{HOST}:{self.redis_port}/0")  # fmt: skip
-        child = self.sup.start(f"gateway-{spec.name}-w{workers}", argv, cpus or self.pin.target,
-                               env=self.gateway_env(upstream), port=port)  # fmt: skip
+        argv = self.fmt(
+            template,
+            port=port,
+            config=config,
+            workers=workers,
+            upstream=upstream,
+            redis_url=f"redis://{HOST}:{self.redis_port}/0",
+        )
+        child = self.sup.start(
+            f"gateway-{spec.name}-w{workers}",
+            argv,
+            cpus or self.pin.target,
+            env=self.gateway_env(upstream),
+            port=port,
+        )
         self.sup.wait_ready(child, http_ok(port), 90)
         return child
 
     def start_minimal(self, name: str, upstream: str) -> Child:
         port = self.sup.free_port()
-        child = self.sup.start(f"minimal-{name}", self.fmt(MINIMAL_CMD, port=port, upstream=upstream),
-                               self.pin.target, port=port)  # fmt: skip
+        child = self.sup.start(
+            f"minimal-{name}", self.fmt(MINIMAL_CMD, port=port, upstream=upstream), self.pin.target, port=port
+        )
         self.sup.wait_ready(child, http_ok(port), 30)
         return child
 
@@ -226,8 +295,13 @@ class Run:
                 return None
             (self.workdir / "litellm.yaml").write_text(LITELLM_YAML.format(upstream=upstream))
         port = self.sup.free_port()
-        child = self.sup.start(f"peer-{name}", self.fmt(template, port=port, upstream=upstream),
-                               self.pin.target, env=self.gateway_env(upstream), port=port)  # fmt: skip
+        child = self.sup.start(
+            f"peer-{name}",
+            self.fmt(template, port=port, upstream=upstream),
+            self.pin.target,
+            env=self.gateway_env(upstream),
+            port=port,
+        )
         self.sup.wait_ready(child, tcp_open(port), 120)
         return child
 
@@ -241,11 +315,28 @@ class Run:
 
     # ---- measurements
 
-    def loadgen(self, label: str, url: str, spec: ScenarioSpec, extra: list[str],
-                watch: dict[str, int], timeout: float) -> dict[str, Any]:  # fmt: skip
+    def loadgen(
+        self,
+        label: str,
+        url: str,
+        spec: ScenarioSpec,
+        extra: list[str],
+        watch: dict[str, int],
+        timeout: float,
+    ) -> dict[str, Any]:
         out = self.workdir / f"loadgen-{label}.json"
-        argv = [python_cmd(), str(HERE / "loadgen.py"), "--url", url + "/v1/chat/completions",
-                "--scenario", str(SCEN / spec.body), "--out", str(out), *spec.keys, *extra]  # fmt: skip
+        argv = [
+            python_cmd(),
+            str(HERE / "loadgen.py"),
+            "--url",
+            url + "/v1/chat/completions",
+            "--scenario",
+            str(SCEN / spec.body),
+            "--out",
+            str(out),
+            *spec.keys,
+            *extra,
+        ]
         for name, pid in watch.items():
             argv += ["--watch-pid", f"{name}={pid}"]
         child = self.sup.start(f"loadgen-{label}", argv, self.pin.aux)
@@ -260,23 +351,59 @@ class Run:
         result: dict[str, Any] = orjson.loads(out.read_bytes())
         return result
 
-    def closed(self, label: str, url: str, spec: ScenarioSpec, connections: int, duration: float,
-               watch: dict[str, int], driver: str | None = None) -> dict[str, Any]:  # fmt: skip
-        extra = ["--mode", "closed", "-c", str(connections), "--duration", str(duration),
-                 "--warmup", str(self.dur.warmup), "--driver", driver or self.args.driver]  # fmt: skip
-        return self.loadgen(label, url, spec, extra, watch, duration + self.dur.warmup + 120)
+    def closed(
+        self,
+        label: str,
+        url: str,
+        spec: ScenarioSpec,
+        connections: int,
+        duration: float,
+        watch: dict[str, int],
+        driver: str | None = None,
+        warmup: float | None = None,
+    ) -> dict[str, Any]:
+        warmup = self.dur.warmup if warmup is None else warmup
+        extra = [
+            "--mode",
+            "closed",
+            "-c",
+            str(connections),
+            "--duration",
+            str(duration),
+            "--warmup",
+            str(warmup),
+            "--driver",
+            driver or self.args.driver,
+        ]
+        return self.loadgen(label, url, spec, extra, watch, duration + warmup + 120)
 
     def stream(self, label: str, url: str, spec: ScenarioSpec, watch: dict[str, int]) -> dict[str, Any]:
         stream_s = self.dur.stream_tokens * STREAM_PACING_MS / 1000
-        extra = ["--mode", "closed", "-c", str(STREAM_CONCURRENCY), "--duration", str(self.dur.stream),
-                 "--warmup", str(self.dur.warmup), "--ramp", f"{stream_s:.3f}",
-                 "--stall-ms", str(5 * STREAM_PACING_MS), "--driver", "python"]  # fmt: skip
-        return self.loadgen(label, url, spec, extra, watch, self.dur.stream + self.dur.warmup + stream_s + 120)
+        extra = [
+            "--mode",
+            "closed",
+            "-c",
+            str(STREAM_CONCURRENCY),
+            "--duration",
+            str(self.dur.stream),
+            "--warmup",
+            str(self.dur.warmup),
+            "--ramp",
+            f"{stream_s:.3f}",
+            "--stall-ms",
+            str(5 * STREAM_PACING_MS),
+            "--driver",
+            "python",
+        ]
+        return self.loadgen(
+            label, url, spec, extra, watch, self.dur.stream + self.dur.warmup + stream_s + 120
+        )
 
     # ---- scenarios
 
-    def targets(self, spec: ScenarioSpec, upstream: Child, upstream_url: str,
-                started: list[Child]) -> list[tuple[str, Child]]:  # fmt: skip
+    def targets(
+        self, spec: ScenarioSpec, upstream: Child, upstream_url: str, started: list[Child]
+    ) -> list[tuple[str, Child]]:
         """(name, process) for each target, in measurement order; direct's process is the upstream.
 
         The gateway starts first so a broken gateway fails the scenario before any time is spent."""
@@ -304,11 +431,18 @@ class Run:
                 if spec.kind == "stream":
                     m.setdefault("streams", {})[name] = self.stream(f"{spec.name}-{name}", url, spec, watch)
                 else:
-                    m.setdefault("c1", {})[name] = self.closed(f"{spec.name}-{name}-c1", url, spec, 1,
-                                                               self.dur.c1, watch)  # fmt: skip
+                    m.setdefault("c1", {})[name] = self.closed(
+                        f"{spec.name}-{name}-c1", url, spec, 1, self.dur.c1, watch
+                    )
                     m.setdefault("throughput", {})[name] = self.closed(
-                        f"{spec.name}-{name}-c{THROUGHPUT_CONNECTIONS}", url, spec, THROUGHPUT_CONNECTIONS,
-                        self.dur.throughput, watch)  # fmt: skip
+                        f"{spec.name}-{name}-c{THROUGHPUT_CONNECTIONS}",
+                        url,
+                        spec,
+                        THROUGHPUT_CONNECTIONS,
+                        self.dur.throughput,
+                        watch,
+                        warmup=self.dur.throughput_warmup,
+                    )
                 self.progress(spec.name, name, m)
             for name, child in targets:
                 if name != "direct":
@@ -327,8 +461,13 @@ class Run:
                 name = f"gateway_w{workers}"
                 watch = {"target": gw.pid, "upstream": up.pid, "redis": self.redis_child().pid}
                 result["measurements"]["throughput"][name] = self.closed(
-                    f"{spec.name}-w{workers}", f"http://{HOST}:{gw.port}", spec, THROUGHPUT_CONNECTIONS,
-                    self.dur.throughput, watch)  # fmt: skip
+                    f"{spec.name}-w{workers}",
+                    f"http://{HOST}:{gw.port}",
+                    spec,
+                    THROUGHPUT_CONNECTIONS,
+                    self.dur.throughput,
+                    watch,
+                )
                 result["processes"][name] = procstat.memory(gw.pid).as_dict()
                 self.progress(spec.name, name, result["measurements"])
             finally:
@@ -338,19 +477,30 @@ class Run:
         return result
 
     def run_idle(self, spec: ScenarioSpec) -> dict[str, Any]:
-        up, up_url, impl = self.upstream(spec.upstream)
+        _, up_url, impl = self.upstream(spec.upstream)
         result: dict[str, Any] = {"upstream": impl, "processes": {}}
-        for name, start in (("gateway", lambda: self.start_gateway(spec, up_url)),
-                            ("minimal", lambda: self.start_minimal(spec.name, up_url))):  # fmt: skip
-            child = start()
+        for name in ("gateway", "minimal"):
+            if name == "gateway":
+                child = self.start_gateway(spec, up_url)
+            else:
+                child = self.start_minimal(spec.name, up_url)
             try:
                 time.sleep(self.dur.idle_wait)
                 after_start = procstat.memory(child.pid).as_dict()
-                self.closed(f"{spec.name}-{name}-traffic", f"http://{HOST}:{child.port}", spec, 4, 1.0,
-                            {}, driver="python")  # fmt: skip
+                self.closed(
+                    f"{spec.name}-{name}-traffic",
+                    f"http://{HOST}:{child.port}",
+                    spec,
+                    4,
+                    1.0,
+                    {},
+                    driver="python",
+                )
                 time.sleep(self.dur.idle_wait)
-                result["processes"][name] = {"after_start": after_start,
-                                             "after_traffic": procstat.memory(child.pid).as_dict()}  # fmt: skip
+                result["processes"][name] = {
+                    "after_start": after_start,
+                    "after_traffic": procstat.memory(child.pid).as_dict(),
+                }
             finally:
                 self.sup.stop(child)
         print(f"  idle RSS: {result['processes']}", flush=True)
@@ -363,15 +513,36 @@ class Run:
         try:
             watch = {"target": gw.pid, "upstream": up.pid}
             url = f"http://{HOST}:{gw.port}"
-            peak = self.closed(f"{spec.name}-max", url, spec, THROUGHPUT_CONNECTIONS, self.dur.throughput, watch)
+            peak = self.closed(
+                f"{spec.name}-max", url, spec, THROUGHPUT_CONNECTIONS, self.dur.throughput, watch
+            )
             rate = max(1.0, 0.5 * float(peak["rps"]))
             print(f"  soak: {minutes} min open loop at {rate:.0f} req/s (50% of {peak['rps']})", flush=True)
             duration = minutes * 60
             out = self.workdir / "loadgen-soak.json"
-            argv = [python_cmd(), str(HERE / "loadgen.py"), "--url", url + "/v1/chat/completions",
-                    "--scenario", str(SCEN / spec.body), "--out", str(out), *spec.keys, "--mode", "open",
-                    "--rate", f"{rate:.1f}", "--duration", str(duration), "--warmup", str(self.dur.warmup),
-                    "--max-inflight", "512", "--watch-pid", f"target={gw.pid}"]  # fmt: skip
+            argv = [
+                python_cmd(),
+                str(HERE / "loadgen.py"),
+                "--url",
+                url + "/v1/chat/completions",
+                "--scenario",
+                str(SCEN / spec.body),
+                "--out",
+                str(out),
+                *spec.keys,
+                "--mode",
+                "open",
+                "--rate",
+                f"{rate:.1f}",
+                "--duration",
+                str(duration),
+                "--warmup",
+                str(self.dur.warmup),
+                "--max-inflight",
+                "512",
+                "--watch-pid",
+                f"target={gw.pid}",
+            ]
             lg = self.sup.start("loadgen-soak", argv, self.pin.aux)
             samples = self.sample_rss(gw, lg, duration + self.dur.warmup + 120)
             if lg.proc.returncode != 0:
@@ -380,17 +551,30 @@ class Run:
             load = orjson.loads(out.read_bytes())
         finally:
             self.sup.stop(gw)
-        return {"upstream": impl, "minutes": minutes, "rate": rate, "max_rps": peak["rps"],
-                "load": load, "rss_samples": samples, **rss_growth(samples)}  # fmt: skip
+        return {
+            "upstream": impl,
+            "minutes": minutes,
+            "rate": rate,
+            "max_rps": peak["rps"],
+            "load": load,
+            "rss_samples": samples,
+            **rss_growth(samples),
+        }
 
     def sample_rss(self, gw: Child, lg: Child, timeout: float) -> list[dict[str, float]]:
         period = 2.0 if self.args.quick else self.dur.soak_sample_s
-        samples, t0 = [], time.monotonic()
+        samples: list[dict[str, float]] = []
+        t0 = time.monotonic()
         while lg.proc.poll() is None and time.monotonic() - t0 < timeout:
             time.sleep(min(period, max(0.0, t0 + (len(samples) + 1) * period - time.monotonic())))
             mem = procstat.memory(gw.pid)
-            samples.append({"t_s": round(time.monotonic() - t0, 1), "rss_total_mb": round(mem.rss_total_mb, 1),
-                            "rss_max_mb": round(mem.rss_max_mb, 1)})  # fmt: skip
+            samples.append(
+                {
+                    "t_s": round(time.monotonic() - t0, 1),
+                    "rss_total_mb": round(mem.rss_total_mb, 1),
+                    "rss_max_mb": round(mem.rss_max_mb, 1),
+                }
+            )
         lg.proc.wait(10)
         return samples
 
@@ -413,14 +597,22 @@ class Run:
         spec = SCENARIOS[name]
         self.flush_redis()
         runner: Callable[[ScenarioSpec], dict[str, Any]] = {
-            "compare": self.run_compare, "stream": self.run_compare, "workers": self.run_workers,
-            "idle": self.run_idle, "soak": self.run_soak,
-        }[spec.kind]  # fmt: skip
+            "compare": self.run_compare,
+            "stream": self.run_compare,
+            "workers": self.run_workers,
+            "idle": self.run_idle,
+            "soak": self.run_soak,
+        }[spec.kind]
         t0 = time.monotonic()
         print(f"[{name}] {spec.what}", flush=True)
         result = runner(spec)
-        result.update(description=spec.what, config=spec.config, body=spec.body, kind=spec.kind,
-                      wall_s=round(time.monotonic() - t0, 1))  # fmt: skip
+        result.update(
+            description=spec.what,
+            config=spec.config,
+            body=spec.body,
+            kind=spec.kind,
+            wall_s=round(time.monotonic() - t0, 1),
+        )
         return result
 
 
@@ -440,7 +632,9 @@ def rss_growth(samples: list[dict[str, float]]) -> dict[str, float | None]:
 
 def git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return ""
 
@@ -463,12 +657,16 @@ def machine_info() -> dict[str, Any]:
     with open("/proc/meminfo") as f:
         mem_kib = int(f.readline().split()[1])
     return {
-        "cpu_model": model, "nproc": os.cpu_count(), "usable_cpus": sorted(os.sched_getaffinity(0)),
-        "kernel": platform.release(), "memory_gib": round(mem_kib / 1024 / 1024, 1),
+        "cpu_model": model,
+        "nproc": os.cpu_count(),
+        "usable_cpus": sorted(os.sched_getaffinity(0)),
+        "kernel": platform.release(),
+        "memory_gib": round(mem_kib / 1024 / 1024, 1),
         "python": platform.python_version(),
-        "wrk": tool_version(["wrk", "--version"]), "nginx": tool_version([find_nginx() or "nginx", "-v"]),
+        "wrk": tool_version(["wrk", "--version"]),
+        "nginx": tool_version([find_nginx() or "nginx", "-v"]),
         "redis": tool_version(["redis-server", "--version"]),
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------- CLI
@@ -480,23 +678,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", help=f"comma list from {', '.join(SCENARIOS)} (default: all but soak)")
     p.add_argument("--duration", type=float, help="seconds per measurement (overrides the defaults)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
-    p.add_argument("--upstream", choices=("auto", "nginx", "mock"), default="auto",
-                   help="static upstream: nginx when installed (auto), or the mock with 0 latency")
-    p.add_argument("--driver", choices=("auto", "python", "wrk"), default="auto",
-                   help="closed-loop driver: wrk when installed (auto) or the Python generator")
+    p.add_argument(
+        "--upstream",
+        choices=("auto", "nginx", "mock"),
+        default="auto",
+        help="static upstream: nginx when installed (auto), or the mock with 0 latency",
+    )
+    p.add_argument(
+        "--driver",
+        choices=("auto", "python", "wrk"),
+        default="auto",
+        help="closed-loop driver: wrk when installed (auto) or the Python generator",
+    )
     p.add_argument("--soak-minutes", type=float, default=0.0, help="add the soak scenario for M minutes")
-    p.add_argument("--gateway-cmd", help=f"command template for the gateway (default: {DEFAULT_GATEWAY_CMD!r}); "
-                   "placeholders {python} {host} {port} {config} {workers} {upstream} {redis_url}")
-    p.add_argument("--mock-cmd", help=f"command template for the mock upstream (default: {DEFAULT_MOCK_CMD!r})")
+    p.add_argument(
+        "--gateway-cmd",
+        help=f"command template for the gateway (default: {DEFAULT_GATEWAY_CMD!r}); "
+        "placeholders {python} {host} {port} {config} {workers} {upstream} {redis_url}",
+    )
+    p.add_argument(
+        "--mock-cmd", help=f"command template for the mock upstream (default: {DEFAULT_MOCK_CMD!r})"
+    )
     p.add_argument("--peer", choices=("litellm",), help="also measure another gateway (needs it installed)")
     p.add_argument("--peer-cmd", help="command template for a peer target: {python} {host} {port} {upstream}")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     p.add_argument("--keep-work", action="store_true", help="keep the temp dir with logs and raw results")
-    return p.parse_args(argv)  # fmt: skip
+    return p.parse_args(argv)
 
 
 def selected(args: argparse.Namespace) -> list[str]:
-    names = [s.strip() for s in args.scenarios.split(",") if s.strip()] if args.scenarios else list(DEFAULT_ORDER)
+    names = (
+        [s.strip() for s in args.scenarios.split(",") if s.strip()] if args.scenarios else list(DEFAULT_ORDER)
+    )
     if args.soak_minutes and "soak" not in names:
         names.append("soak")
     unknown = [n for n in names if n not in SCENARIOS]
@@ -538,13 +751,20 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         sup.stop_all()
     results["meta"] = {
-        "date": now.isoformat(timespec="seconds"), "commit": commit,
+        "date": now.isoformat(timespec="seconds"),
+        "commit": commit,
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
-        "machine": machine_info(), "pinning": pin.describe(), "quick": args.quick,
-        "durations": vars(run.dur), "driver": args.driver, "argv": sys.argv[1:],
-        "gateway_cmd": args.gateway_cmd or DEFAULT_GATEWAY_CMD, "warnings": run.warnings, "failed": failed,
+        "machine": machine_info(),
+        "pinning": pin.describe(),
+        "quick": args.quick,
+        "durations": vars(run.dur),
+        "driver": args.driver,
+        "argv": sys.argv[1:],
+        "gateway_cmd": args.gateway_cmd or DEFAULT_GATEWAY_CMD,
+        "warnings": run.warnings,
+        "failed": failed,
         "upstreams": {k: v[2] for k, v in run.upstreams.items()},
-    }  # fmt: skip
+    }
     results["derived"] = report.derive(results)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{now:%Y-%m-%d-%H%M%S}-{commit}"

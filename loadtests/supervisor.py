@@ -72,8 +72,12 @@ class Pinning:
         return [self.taskset, "-c", cpus, *argv]
 
     def describe(self) -> dict[str, object]:
-        return {"enabled": self.enabled, "target_cpus": self.target, "aux_cpus": self.aux,
-                "warning": self.warning or None}  # fmt: skip
+        return {
+            "enabled": self.enabled,
+            "target_cpus": self.target,
+            "aux_cpus": self.aux,
+            "warning": self.warning or None,
+        }
 
 
 class Supervisor:
@@ -93,15 +97,27 @@ class Supervisor:
                 self._ports.add(port)
                 return port
 
-    def start(self, name: str, argv: Sequence[str], cpus: str | None,
-              env: dict[str, str] | None = None, port: int | None = None) -> Child:  # fmt: skip
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        cpus: str | None,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+    ) -> Child:
         log = self.log_dir / f"{name}.log"
         full = self.pinning.wrap(argv, cpus)
         with open(log, "ab") as out:
             out.write(f"$ {' '.join(full)}\n".encode())
             out.flush()
-            proc = subprocess.Popen(full, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=env, start_new_session=True)  # fmt: skip
+            proc = subprocess.Popen(
+                full,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
         child = Child(name, full, proc, log, port)
         self.children.append(child)
         return child
@@ -111,10 +127,8 @@ class Supervisor:
             self.children.remove(child)
         if child.proc.poll() is None:
             _signal_group(child.pid, signal.SIGTERM)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 child.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                pass
         # Leftover group members (workers whose parent already exited) go too.
         _signal_group(child.pid, signal.SIGKILL)
         with contextlib.suppress(subprocess.TimeoutExpired):

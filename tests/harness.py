@@ -55,8 +55,14 @@ class Proc:
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                                      start_new_session=True, cwd=ROOT)
+        self.popen = subprocess.Popen(
+            args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            cwd=ROOT,
+        )
 
     @property
     def pid(self) -> int:
@@ -86,13 +92,29 @@ class RedisServer:
     def __init__(self, tmp: Path) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed: the integration tests need a real Redis "
-                               "(apt-get install redis-server)")
+            raise RuntimeError(
+                "redis-server is not installed: the integration tests need a real Redis "
+                "(apt-get install redis-server)"
+            )
         self.port = free_port()
         self.dir = tmp
         tmp.mkdir(parents=True, exist_ok=True)
-        self.proc = Proc([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", str(tmp)], tmp / "redis.log")
+        self.proc = Proc(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(tmp),
+            ],
+            tmp / "redis.log",
+        )
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._wait()
 
@@ -110,8 +132,22 @@ class RedisServer:
         self.proc.stop()
         binary = shutil.which("redis-server")
         assert binary
-        self.proc = Proc([binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                          "--appendonly", "no", "--dir", str(self.dir)], self.dir / "redis.log")
+        self.proc = Proc(
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            self.dir / "redis.log",
+        )
         self._wait()
 
     def stop(self) -> None:
@@ -122,8 +158,20 @@ class MockProvider:
     def __init__(self, tmp: Path, *extra: str) -> None:
         self.port = free_port()
         self.served_log = tmp / f"served-{self.port}.log"
-        self.proc = Proc([sys.executable, "-m", "gateway", "mock-upstream", "--port", str(self.port),
-                          "--served-log", str(self.served_log), *extra], tmp / f"mock-{self.port}.log")
+        self.proc = Proc(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "mock-upstream",
+                "--port",
+                str(self.port),
+                "--served-log",
+                str(self.served_log),
+                *extra,
+            ],
+            tmp / f"mock-{self.port}.log",
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         wait_http(self.url + "/_mock/stats", proc=self.proc.popen)
 
@@ -140,27 +188,49 @@ def base_config(mock_url: str, **overrides: Any) -> dict[str, Any]:
     """A complete gateway.yaml as a dict, pointing at a running mock provider."""
     cfg: dict[str, Any] = {
         "version": 1,
-        "server": {"host": "127.0.0.1", "port": 0,
-                   "timeouts": {"connect_s": 2, "first_byte_s": 10, "idle_s": 10, "total_s": 20}},
+        "server": {
+            "host": "127.0.0.1",
+            "port": 0,
+            "timeouts": {"connect_s": 2, "first_byte_s": 10, "idle_s": 10, "total_s": 20},
+        },
         "store": {"backend": "memory", "state_dir": "state"},
         "prices": str(PRICES),
         "providers": {
-            "mock-openai": {"type": "openai", "base_url": f"{mock_url}/v1", "api_key": PROVIDER_SECRET,
-                            "forward_headers": MOCK_CONTROL},
-            "mock-anthropic": {"type": "anthropic", "base_url": mock_url, "api_key": PROVIDER_SECRET,
-                               "forward_headers": MOCK_CONTROL},
-            "mock-azure": {"type": "azure", "base_url": mock_url, "api_key": PROVIDER_SECRET,
-                           "api_version": "2024-10-21", "forward_headers": MOCK_CONTROL},
+            "mock-openai": {
+                "type": "openai",
+                "base_url": f"{mock_url}/v1",
+                "api_key": PROVIDER_SECRET,
+                "forward_headers": MOCK_CONTROL,
+            },
+            "mock-anthropic": {
+                "type": "anthropic",
+                "base_url": mock_url,
+                "api_key": PROVIDER_SECRET,
+                "forward_headers": MOCK_CONTROL,
+            },
+            "mock-azure": {
+                "type": "azure",
+                "base_url": mock_url,
+                "api_key": PROVIDER_SECRET,
+                "api_version": "2024-10-21",
+                "forward_headers": MOCK_CONTROL,
+            },
         },
         "models": {
             "gpt-4o": {"deployments": [{"provider": "mock-openai", "model": "mock-gpt"}]},
             "gpt-4o-mini": {"deployments": [{"provider": "mock-openai", "model": "mock-gpt-mini"}]},
             "claude-sonnet": {"deployments": [{"provider": "mock-anthropic", "model": "mock-claude"}]},
-            "azure-gpt": {"deployments": [{"provider": "mock-azure", "model": "mock-gpt", "price": "mock-gpt"}]},
-            "text-embedding-3-small": {"operation": "embeddings",
-                                       "deployments": [{"provider": "mock-openai", "model": "mock-embed"}]},
-            "gpt-3.5-turbo-instruct": {"operation": "text_completion",
-                                       "deployments": [{"provider": "mock-openai", "model": "mock-gpt-mini"}]},
+            "azure-gpt": {
+                "deployments": [{"provider": "mock-azure", "model": "mock-gpt", "price": "mock-gpt"}]
+            },
+            "text-embedding-3-small": {
+                "operation": "embeddings",
+                "deployments": [{"provider": "mock-openai", "model": "mock-embed"}],
+            },
+            "gpt-3.5-turbo-instruct": {
+                "operation": "text_completion",
+                "deployments": [{"provider": "mock-openai", "model": "mock-gpt-mini"}],
+            },
         },
         "teams": {
             "demo": {"keys": [{"id": "demo", "key": "sk-demo"}], "cache": {"mode": "off"}},
@@ -179,16 +249,36 @@ def write_config(tmp: Path, cfg: dict[str, Any], name: str = "gateway.yaml") -> 
 
 
 class GatewayProc:
-    def __init__(self, config_path: Path, *, redis_url: str | None = None, workers: int = 1,
-                 port: int | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        config_path: Path,
+        *,
+        redis_url: str | None = None,
+        workers: int = 1,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.port = port or free_port()
         self.config_path = config_path
         extra_env = {"GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN, "GATEWAY_LOG_LEVEL": "INFO", **(env or {})}
         if redis_url:
             extra_env["GATEWAY_REDIS_URL"] = redis_url
-        self.proc = Proc([sys.executable, "-m", "gateway", "serve", "--config", str(config_path), "--port",
-                          str(self.port), "--workers", str(workers)],
-                         config_path.parent / f"gateway-{self.port}.log", env=extra_env)
+        self.proc = Proc(
+            [
+                sys.executable,
+                "-m",
+                "gateway",
+                "serve",
+                "--config",
+                str(config_path),
+                "--port",
+                str(self.port),
+                "--workers",
+                str(workers),
+            ],
+            config_path.parent / f"gateway-{self.port}.log",
+            env=extra_env,
+        )
         self.url = f"http://127.0.0.1:{self.port}"
         wait_http(self.url + "/readyz", proc=self.proc.popen)
 
@@ -208,13 +298,16 @@ def gateway(config_path: Path, **kwargs: Any) -> Iterator[GatewayProc]:
         proc.stop()
 
 
-def http_json(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
+def http_json(
+    method: str, url: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any, dict[str, str]]:
     """A plain blocking HTTP call (tests only): (status, parsed JSON or text, lower-cased headers)."""
     import orjson
 
     data = orjson.dumps(body) if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method, headers={"content-type": "application/json",
-                                                                         **(headers or {})})
+    req = urllib.request.Request(
+        url, data=data, method=method, headers={"content-type": "application/json", **(headers or {})}
+    )
     try:
         with urllib.request.urlopen(req, timeout=30) as resp:
             raw, status, hdrs = resp.read(), resp.status, resp.headers

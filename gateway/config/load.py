@@ -38,7 +38,9 @@ _DEFAULT_SYSTEM = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": 
 def pydantic_problems(doc: YamlDoc, exc: ValidationError) -> list[str]:
     problems = []
     for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal["))))
+        loc = tuple(
+            p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[")))
+        )
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {loc[-1]!r}" if loc else "unknown key"
@@ -75,8 +77,14 @@ def compile_config(source: GatewayConfig, catalog: PriceCatalog, path: str, doc:
     prices = {name: entry.rates() for name, entry in catalog.models.items()}
     providers = {
         name: ProviderSpec(
-            name=name, type=p.type, base_url=p.base_url, api_key=p.api_key, api_version=p.api_version,
-            system=p.system or _DEFAULT_SYSTEM[p.type], headers=dict(p.headers), max_connections=p.max_connections,
+            name=name,
+            type=p.type,
+            base_url=p.base_url,
+            api_key=p.api_key,
+            api_version=p.api_version,
+            system=p.system or _DEFAULT_SYSTEM[p.type],
+            headers=dict(p.headers),
+            max_connections=p.max_connections,
             forward=_globs([h.lower() for h in p.forward_headers]) if p.forward_headers else None,
         )
         for name, p in source.providers.items()
@@ -86,23 +94,44 @@ def compile_config(source: GatewayConfig, catalog: PriceCatalog, path: str, doc:
     keys, problems = _compile_keys(source, teams, doc)
     if problems:
         raise ConfigError(problems)
-    return Config(source=source, path=path, providers=providers, models=models, teams=teams, keys=keys,
-                  rules=RuleSet(source.routing), prices=prices)
+    return Config(
+        source=source,
+        path=path,
+        providers=providers,
+        models=models,
+        teams=teams,
+        keys=keys,
+        rules=RuleSet(source.routing),
+        prices=prices,
+    )
 
 
-def _compile_model(name: str, model: Any, providers: dict[str, ProviderSpec], catalog: PriceCatalog) -> ModelSpec:
+def _compile_model(
+    name: str, model: Any, providers: dict[str, ProviderSpec], catalog: PriceCatalog
+) -> ModelSpec:
     deployments = []
     for i, d in enumerate(model.deployments):
         entry = catalog.models[d.price or d.model]
         overrides = d.prices.model_dump(exclude_none=True) if d.prices else None
         rates: Rates = entry.rates(discount=d.discount, overrides=overrides)
-        deployments.append(DeploymentSpec(
-            id=f"{name}#{i}", logical=name, provider=providers[d.provider], upstream_model=d.model,
-            price_name=d.price or d.model, rates=rates, weight=d.weight, priority=d.priority, region=d.region,
-            context_window=d.context_window or rates.context_window or 128_000,
-            max_output_tokens=d.max_output_tokens or rates.max_output_tokens or 4096,
-        ))
-    return ModelSpec(name=name, operation=model.operation, strategy=model.strategy, deployments=tuple(deployments))
+        deployments.append(
+            DeploymentSpec(
+                id=f"{name}#{i}",
+                logical=name,
+                provider=providers[d.provider],
+                upstream_model=d.model,
+                price_name=d.price or d.model,
+                rates=rates,
+                weight=d.weight,
+                priority=d.priority,
+                region=d.region,
+                context_window=d.context_window or rates.context_window or 128_000,
+                max_output_tokens=d.max_output_tokens or rates.max_output_tokens or 4096,
+            )
+        )
+    return ModelSpec(
+        name=name, operation=model.operation, strategy=model.strategy, deployments=tuple(deployments)
+    )
 
 
 def compile_budget(b: BudgetConfig | None) -> BudgetSpec | None:
@@ -111,7 +140,9 @@ def compile_budget(b: BudgetConfig | None) -> BudgetSpec | None:
     return BudgetSpec(
         usd_nano=usd_to_nano(b.usd) if b.usd is not None else UNLIMITED,
         tokens=b.tokens if b.tokens is not None else UNLIMITED,
-        period=b.period, thresholds=tuple(sorted(b.soft_thresholds)), action=b.action,
+        period=b.period,
+        thresholds=tuple(sorted(b.soft_thresholds)),
+        action=b.action,
         downgrade_to=b.downgrade_to,
     )
 
@@ -126,9 +157,14 @@ def cache_policy(team: str, settings: CacheSettings, default: CacheSettings | No
 def _compile_team(name: str, team: TeamConfig) -> TeamSpec:
     rl = team.rate_limits
     return TeamSpec(
-        name=name, allow=_globs(team.models or ["*"]), budget=compile_budget(team.budget),
-        rpm=rl.rpm if rl else None, tpm=rl.tpm if rl else None, on_store_error=team.on_store_error,
-        cache=cache_policy(name, team.cache), tags=dict(team.tags),
+        name=name,
+        allow=_globs(team.models or ["*"]),
+        budget=compile_budget(team.budget),
+        rpm=rl.rpm if rl else None,
+        tpm=rl.tpm if rl else None,
+        on_store_error=team.on_store_error,
+        cache=cache_policy(name, team.cache),
+        tags=dict(team.tags),
     )
 
 
@@ -136,8 +172,9 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _compile_keys(source: GatewayConfig, teams: dict[str, TeamSpec],
-                  doc: YamlDoc) -> tuple[dict[str, Principal], list[str]]:
+def _compile_keys(
+    source: GatewayConfig, teams: dict[str, TeamSpec], doc: YamlDoc
+) -> tuple[dict[str, Principal], list[str]]:
     keys: dict[str, Principal] = {}
     ids: set[str] = set()
     problems = []
@@ -152,8 +189,12 @@ def _compile_keys(source: GatewayConfig, teams: dict[str, TeamSpec],
             ids.add(k.id)
             rl = k.rate_limits
             keys[digest] = Principal(
-                key_id=k.id, team=teams[team_name], name=k.name, budget=compile_budget(k.budget),
-                rpm=rl.rpm if rl else None, tpm=rl.tpm if rl else None,
+                key_id=k.id,
+                team=teams[team_name],
+                name=k.name,
+                budget=compile_budget(k.budget),
+                rpm=rl.rpm if rl else None,
+                tpm=rl.tpm if rl else None,
             )
     return keys, problems
 

@@ -67,7 +67,8 @@ class ProviderConfig(Strict):
     headers: dict[str, str] = Field(default_factory=dict)
     forward_headers: list[str] = Field(
         default_factory=lambda: ["anthropic-beta", "openai-beta"],
-        description="client request headers (globs) passed upstream; auth and hop-by-hop headers never are")
+        description="client request headers (globs) passed upstream; auth and hop-by-hop headers never are",
+    )
     max_connections: int = Field(256, ge=1)
 
     @field_validator("base_url")
@@ -123,7 +124,9 @@ class RetryConfig(Strict):
     max_attempts: int = Field(2, ge=1, le=10, description="attempts per deployment")
     base_backoff_ms: float = Field(100, ge=0)
     max_backoff_ms: float = Field(4000, ge=0)
-    max_retry_after_s: float = Field(10, ge=0, description="a longer upstream Retry-After moves to the next model")
+    max_retry_after_s: float = Field(
+        10, ge=0, description="a longer upstream Retry-After moves to the next model"
+    )
 
 
 # ---------------------------------------------------------------- teams, keys, budgets
@@ -201,8 +204,10 @@ class Range(Strict):
 
 
 class TimeWindow(Strict):
-    between: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
-                         description="UTC HH:MM-HH:MM; may wrap midnight")
+    between: str = Field(
+        pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
+        description="UTC HH:MM-HH:MM; may wrap midnight",
+    )
     days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default_factory=list)
 
 

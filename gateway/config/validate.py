@@ -25,12 +25,18 @@ def _deployments(cfg: GatewayConfig, catalog: PriceCatalog) -> Iterator[Problem]
         for i, d in enumerate(model.deployments):
             path: Path_ = ("models", name, "deployments", i)
             if d.provider not in cfg.providers:
-                yield (*path, "provider"), f"unknown provider {d.provider!r} (known: {', '.join(cfg.providers)})"
+                yield (
+                    (*path, "provider"),
+                    f"unknown provider {d.provider!r} (known: {', '.join(cfg.providers)})",
+                )
             price = d.price or d.model
             if price not in catalog.models:
-                yield (*path, "price" if d.price else "model"), (
-                    f"no price for {price!r} in the price catalog: add it to {cfg.prices} or set `price:` "
-                    "(a model without a price would be metered as $0)"
+                yield (
+                    (*path, "price" if d.price else "model"),
+                    (
+                        f"no price for {price!r} in the price catalog: add it to {cfg.prices} "
+                        "or set `price:` (a model without a price would be metered as $0)"
+                    ),
                 )
 
 
@@ -70,7 +76,8 @@ def _model_refs(cfg: GatewayConfig) -> Iterator[Problem]:
 def _fallback_cycles(cfg: GatewayConfig) -> Iterator[Problem]:
     graph = cfg.routing.fallbacks
     for start in graph:
-        stack, seen = [(start, (start,))], set()
+        stack: list[tuple[str, tuple[str, ...]]] = [(start, (start,))]
+        seen: set[str] = set()
         while stack:
             node, trail = stack.pop()
             for nxt in graph.get(node, []):
@@ -112,7 +119,13 @@ def _rule_reachability(cfg: GatewayConfig) -> Iterator[Problem]:
         for j in range(i):
             if _covers(rules[j].when, rule.when):
                 earlier = rules[j]
-                what = "unreachable: it follows a rule that matches everything" if earlier.when == When() \
+                what = (
+                    "unreachable: it follows a rule that matches everything"
+                    if earlier.when == When()
                     else "shadowed"
-                yield ("routing", "rules", i), f"rule {rule.name!r} is {what} (rule {earlier.name!r} always matches first)"
+                )
+                yield (
+                    ("routing", "rules", i),
+                    f"rule {rule.name!r} is {what} (rule {earlier.name!r} always matches first)",
+                )
                 break

@@ -88,10 +88,11 @@ class _Builder:
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.SafeLoader.construct_scalar(_LOADER, key_node)  # type: ignore[arg-type]
-            key = str(key)
+            key = str(_LOADER.construct_object(key_node))
             if key == "<<":
-                self.problems.append(f"{self.doc.file}:{key_node.start_mark.line + 1}: merge keys are not supported")
+                self.problems.append(
+                    f"{self.doc.file}:{key_node.start_mark.line + 1}: merge keys are not supported"
+                )
                 continue
             if key in out:
                 line = key_node.start_mark.line + 1

@@ -50,6 +50,7 @@ def admin(handler: Handler) -> Handler:
             return error_response(err, "openai", request_id)
         except StoreError as exc:
             return error_response(StoreUnavailable(f"store unavailable: {exc}"), "openai", request_id)
+
     return wrapped
 
 
@@ -63,8 +64,13 @@ async def create_key(request: web.Request) -> web.Response:
     if not isinstance(name, str) or len(name) > 200:
         raise InvalidRequest("`name` must be a string of at most 200 characters", param="name")
     key = new_key()
-    record = KeyRecord(key_id="key_" + key_digest(key)[:16], team=team, sha256=key_digest(key), name=name,
-                       created_ms=int(time.time() * 1000))
+    record = KeyRecord(
+        key_id="key_" + key_digest(key)[:16],
+        team=team,
+        sha256=key_digest(key),
+        name=name,
+        created_ms=int(time.time() * 1000),
+    )
     await gateway.store.create_key(record)
     return _json({**record.public(), "key": key}, status=201)
 
@@ -73,8 +79,11 @@ async def create_key(request: web.Request) -> web.Response:
 async def list_keys(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     _, revoked = await gateway.store.revocations()
-    configured = [{"id": p.key_id, "team": p.team.name, "name": p.name, "source": "config"}
-                  for p in gateway.config.keys.values() if p.key_id not in revoked]
+    configured = [
+        {"id": p.key_id, "team": p.team.name, "name": p.name, "source": "config"}
+        for p in gateway.config.keys.values()
+        if p.key_id not in revoked
+    ]
     dynamic = [k.public() for k in await gateway.store.list_keys()]
     return _json({"data": configured + dynamic})
 
@@ -96,16 +105,23 @@ def _scope_view(scope: ScopeLimit, usage: Any, period: str, now: datetime) -> di
     limit = scope.usd_limit_nano
     used = usage.spent_nano + usage.reserved_nano
     return {
-        "scope": scope.scope, "period": period, "period_id": scope.period,
-        "period_start": start.isoformat(), "period_end": end.isoformat(),
+        "scope": scope.scope,
+        "period": period,
+        "period_id": scope.period,
+        "period_start": start.isoformat(),
+        "period_end": end.isoformat(),
         "limit_usd": None if limit == UNLIMITED else nano_to_usd_str(limit),
-        "spent_usd": nano_to_usd_str(usage.spent_nano), "reserved_usd": nano_to_usd_str(usage.reserved_nano),
+        "spent_usd": nano_to_usd_str(usage.spent_nano),
+        "reserved_usd": nano_to_usd_str(usage.reserved_nano),
         "remaining_usd": None if limit == UNLIMITED else nano_to_usd_str(max(0, limit - used)),
         "limit_tokens": None if scope.token_limit == UNLIMITED else scope.token_limit,
-        "spent_tokens": usage.spent_tokens, "reserved_tokens": usage.reserved_tokens,
-        "remaining_tokens": None if scope.token_limit == UNLIMITED else max(
-            0, scope.token_limit - usage.spent_tokens - usage.reserved_tokens),
-        "requests": usage.requests, "denials": usage.denials,
+        "spent_tokens": usage.spent_tokens,
+        "reserved_tokens": usage.reserved_tokens,
+        "remaining_tokens": None
+        if scope.token_limit == UNLIMITED
+        else max(0, scope.token_limit - usage.spent_tokens - usage.reserved_tokens),
+        "requests": usage.requests,
+        "denials": usage.denials,
     }
 
 
@@ -127,9 +143,14 @@ async def budgets(request: web.Request) -> web.Response:
             if p.budget:
                 scopes += [(s, p.budget.period) for s in scopes_for(p, now) if s.scope.startswith("key:")]
         usage = await gateway.store.scope_usage(team.name, [s for s, _ in scopes]) if scopes else {}
-        out.append({"team": team.name, "on_store_error": team.on_store_error,
-                    "rate_limits": {"rpm": team.rpm, "tpm": team.tpm},
-                    "scopes": [_scope_view(s, usage[s.counter], period, now) for s, period in scopes]})
+        out.append(
+            {
+                "team": team.name,
+                "on_store_error": team.on_store_error,
+                "rate_limits": {"rpm": team.rpm, "tpm": team.tpm},
+                "scopes": [_scope_view(s, usage[s.counter], period, now) for s, period in scopes],
+            }
+        )
     return _json({"data": out, "store": gateway.store.name})
 
 
@@ -143,7 +164,8 @@ async def _records(request: web.Request) -> tuple[list[dict[str, Any]], int, int
     except ValueError as exc:
         raise InvalidRequest(str(exc), param="since") from None
     teams = [t for t in q.get("team", "").split(",") if t] or sorted(
-        set(gateway.config.teams) | set(await gateway.store.teams()))
+        set(gateway.config.teams) | set(await gateway.store.teams())
+    )
     records: list[dict[str, Any]] = []
     for team in teams:
         records += await gateway.store.ledger(team, since, until)
@@ -153,7 +175,7 @@ async def _records(request: web.Request) -> tuple[list[dict[str, Any]], int, int
 @admin
 async def spend(request: web.Request) -> web.Response:
     """GET /admin/spend?since=2026-11-01&until=2026-12-01&by=team,model&format=json|csv|focus|table"""
-    records, since, until = await _records(request)
+    records, _, _ = await _records(request)
     by = [b for b in request.query.get("by", "team,model").split(",") if b]
     fmt = request.query.get("format", "json")
     try:

@@ -9,8 +9,13 @@ from gateway.errors import GatewayError
 def render(err: GatewayError, wire: str, request_id: str) -> tuple[int, bytes, dict[str, str]]:
     headers = dict(err.headers)
     if wire == "anthropic":
-        body = {"type": "error", "error": {"type": err.anthropic_type, "message": err.message},
-                "request_id": request_id}
+        body = {
+            "type": "error",
+            "error": {"type": err.anthropic_type, "message": err.message},
+            "request_id": request_id,
+        }
     else:
-        body = {"error": {"message": err.message, "type": err.openai_type, "param": err.param, "code": err.code}}
+        body = {
+            "error": {"message": err.message, "type": err.openai_type, "param": err.param, "code": err.code}
+        }
     return err.status, jsonutil.dumps(body), headers

@@ -25,8 +25,11 @@ from gateway.shapes import CHECKS
 log = logging.getLogger("gateway.access")
 GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway", Gateway)
 
-_SSE_HEADERS = {"content-type": "text/event-stream; charset=utf-8", "cache-control": "no-cache",
-                "x-accel-buffering": "no"}
+_SSE_HEADERS = {
+    "content-type": "text/event-stream; charset=utf-8",
+    "cache-control": "no-cache",
+    "x-accel-buffering": "no",
+}
 
 
 def request_id_of(request: web.Request) -> str:
@@ -63,8 +66,11 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
 
 
 def _id_headers(wire: str, request_id: str) -> dict[str, str]:
-    return {"request-id": request_id, "x-request-id": request_id} if wire == "anthropic" \
+    return (
+        {"request-id": request_id, "x-request-id": request_id}
+        if wire == "anthropic"
         else {"x-request-id": request_id}
+    )
 
 
 def error_response(err: GatewayError, wire: str, request_id: str) -> web.Response:
@@ -83,8 +89,14 @@ async def handle_llm(request: web.Request, wire: str, operation: str) -> web.Str
         if not key:  # auth before the shape check: an anonymous caller learns nothing
             raise AuthenticationFailed("missing API key: send `Authorization: Bearer <virtual key>`")
         CHECKS[(wire, operation)](body)
-        ctx = RequestContext(request_id=request_id, inbound=wire, operation=operation, body=body,
-                             headers=request.headers, api_key=key)  # type: ignore[arg-type]
+        ctx = RequestContext(
+            request_id=request_id,
+            inbound=wire,
+            operation=operation,
+            body=body,
+            headers=request.headers,
+            api_key=key,
+        )
         result = await gateway.pipeline.handle(ctx)
     except GatewayError as err:
         _access_log(ctx, request_id, err.status, wire, err.message)
@@ -95,13 +107,20 @@ async def handle_llm(request: web.Request, wire: str, operation: str) -> web.Str
     headers = {**result.headers, **_id_headers(wire, request_id)}
     if isinstance(result, Reply):
         _access_log(ctx, request_id, result.status, wire)
-        return web.Response(status=result.status, body=result.body, content_type="application/json",
-                            headers=headers)
+        return web.Response(
+            status=result.status, body=result.body, content_type="application/json", headers=headers
+        )
     return await _write_stream(request, result, headers, ctx, request_id, wire)
 
 
-async def _write_stream(request: web.Request, result: StreamReply, headers: dict[str, str],
-                        ctx: RequestContext | None, request_id: str, wire: str) -> web.StreamResponse:
+async def _write_stream(
+    request: web.Request,
+    result: StreamReply,
+    headers: dict[str, str],
+    ctx: RequestContext | None,
+    request_id: str,
+    wire: str,
+) -> web.StreamResponse:
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
     chunks = result.chunks
     try:
@@ -126,9 +145,13 @@ def _access_log(ctx: RequestContext | None, request_id: str, status: int, wire: 
         extra.update(
             team=ctx.principal.team.name if ctx.principal else None,
             key_id=ctx.principal.key_id if ctx.principal else None,
-            operation=ctx.operation, model=ctx.requested_model, route=ctx.route,
-            served=ctx.served.logical if ctx.served else None, cache=ctx.cache,
-            cost_nano=ctx.cost_nano, latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
+            operation=ctx.operation,
+            model=ctx.requested_model,
+            route=ctx.route,
+            served=ctx.served.logical if ctx.served else None,
+            cache=ctx.cache,
+            cost_nano=ctx.cost_nano,
+            latency_ms=round((time.perf_counter() - ctx.started) * 1000, 3),
             upstream_ms=round(ctx.upstream_s * 1000, 3),
         )
     if error or (ctx is not None and ctx.error):

@@ -39,14 +39,23 @@ async def list_models(request: web.Request) -> web.Response:
     created = int(time.time())
     names = sorted(m for m in gateway.config.models if principal.team.may_use(m))
     if wire == "anthropic":
-        data = [{"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"} for n in names]
-        body = {"data": data, "has_more": False, "first_id": names[0] if names else None,
-                "last_id": names[-1] if names else None}
+        data = [
+            {"type": "model", "id": n, "display_name": n, "created_at": "1970-01-01T00:00:00Z"} for n in names
+        ]
+        body = {
+            "data": data,
+            "has_more": False,
+            "first_id": names[0] if names else None,
+            "last_id": names[-1] if names else None,
+        }
     else:
-        body = {"object": "list", "data": [{"id": n, "object": "model", "created": created, "owned_by": "gateway"}
-                                           for n in names]}
-    return web.Response(body=jsonutil.dumps(body), content_type="application/json",
-                        headers={"x-request-id": request_id})
+        body = {
+            "object": "list",
+            "data": [{"id": n, "object": "model", "created": created, "owned_by": "gateway"} for n in names],
+        }
+    return web.Response(
+        body=jsonutil.dumps(body), content_type="application/json", headers={"x-request-id": request_id}
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -59,7 +68,9 @@ async def readyz(request: web.Request) -> web.Response:
     ready = gateway.ready
     body = {"ready": ready, "store": gateway.store.name, "store_ok": store_ok}
     # A down Redis does not make the gateway unready: it keeps serving (fail_open teams, cache misses).
-    return web.Response(status=200 if ready else 503, body=jsonutil.dumps(body), content_type="application/json")
+    return web.Response(
+        status=200 if ready else 503, body=jsonutil.dumps(body), content_type="application/json"
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -69,8 +80,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def not_found(request: web.Request) -> web.Response:
     wire = "anthropic" if "anthropic-version" in request.headers else "openai"
-    return error_response(NotFound(f"unknown endpoint {request.method} {request.path}"), wire,
-                          request_id_of(request))
+    return error_response(
+        NotFound(f"unknown endpoint {request.method} {request.path}"), wire, request_id_of(request)
+    )
 
 
 def add_routes(app: web.Application) -> None:

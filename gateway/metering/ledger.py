@@ -35,11 +35,27 @@ def intent(
     provider: str,
 ) -> dict[str, Any]:
     return {
-        "request_id": request_id, "ts_ms": ts_ms, "team": team, "key_id": key_id, "tags": tags,
-        "operation": operation, "inbound": inbound, "stream": stream, "requested_model": requested_model,
-        "served_model": planned_model, "upstream_model": "", "provider": provider, "deployment": "",
-        "route": route, "cache": "miss", "status": "in_flight", "usage": {}, "cost_nano": 0,
-        "counterfactual_nano": 0, "latency_ms": 0, "estimated": True,
+        "request_id": request_id,
+        "ts_ms": ts_ms,
+        "team": team,
+        "key_id": key_id,
+        "tags": tags,
+        "operation": operation,
+        "inbound": inbound,
+        "stream": stream,
+        "requested_model": requested_model,
+        "served_model": planned_model,
+        "upstream_model": "",
+        "provider": provider,
+        "deployment": "",
+        "route": route,
+        "cache": "miss",
+        "status": "in_flight",
+        "usage": {},
+        "cost_nano": 0,
+        "counterfactual_nano": 0,
+        "latency_ms": 0,
+        "estimated": True,
     }
 
 
@@ -59,10 +75,17 @@ def complete(
 ) -> dict[str, Any]:
     record = dict(skeleton)
     record.update(
-        served_model=served_model, upstream_model=upstream_model, provider=provider, deployment=deployment,
-        cache=cache, status=status, usage={k: v for k, v in usage.as_dict().items() if k != "estimated"},
-        cost_nano=cost, counterfactual_nano=counterfactual,
-        latency_ms=round(latency_ms, 3), estimated=usage.estimated,
+        served_model=served_model,
+        upstream_model=upstream_model,
+        provider=provider,
+        deployment=deployment,
+        cache=cache,
+        status=status,
+        usage={k: v for k, v in usage.as_dict().items() if k != "estimated"},
+        cost_nano=cost,
+        counterfactual_nano=counterfactual,
+        latency_ms=round(latency_ms, 3),
+        estimated=usage.estimated,
     )
     return record
 

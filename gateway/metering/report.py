@@ -28,12 +28,25 @@ from gateway.metering.pricing import NANO_PER_USD, nano_to_usd_str
 Record = Mapping[str, Any]
 
 TOKEN_KINDS: tuple[str, ...] = (
-    "input_tokens", "cached_input_tokens", "cache_creation_input_tokens", "output_tokens", "reasoning_tokens",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_creation_input_tokens",
+    "output_tokens",
+    "reasoning_tokens",
 )
 METRIC_COLUMNS: tuple[str, ...] = (
-    "requests", "cost_usd", "cost_nano", *TOKEN_KINDS, "cache_hits", "cache_savings_usd",
-    "cache_savings_nano", "routing_savings_usd", "routing_savings_nano", "estimated_requests",
-    "estimated_share", "errors",
+    "requests",
+    "cost_usd",
+    "cost_nano",
+    *TOKEN_KINDS,
+    "cache_hits",
+    "cache_savings_usd",
+    "cache_savings_nano",
+    "routing_savings_usd",
+    "routing_savings_nano",
+    "estimated_requests",
+    "estimated_share",
+    "errors",
 )
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS_PER_HOUR = 3_600_000
@@ -109,8 +122,10 @@ class _Sums:
 
     def row(self) -> dict[str, Any]:
         n = self.n
-        rendered = {f"{money}_usd": nano_to_usd_str(n[f"{money}_nano"])
-                    for money in ("cost", "cache_savings", "routing_savings")}
+        rendered = {
+            f"{money}_usd": nano_to_usd_str(n[f"{money}_nano"])
+            for money in ("cost", "cache_savings", "routing_savings")
+        }
         rendered["estimated_share"] = _share(n["estimated_requests"], n["requests"])
         return {name: rendered[name] if name in rendered else n[name] for name in METRIC_COLUMNS}
 
@@ -211,11 +226,18 @@ def filter_window(records: Iterable[Record], since_ms: int, until_ms: int) -> li
 # ---------------------------------------------------------------- renderers
 
 _TABLE_COLUMNS: tuple[tuple[str, str], ...] = (
-    ("requests", "requests"), ("cost_usd", "cost_usd"), ("input_tokens", "input"),
-    ("cached_input_tokens", "cached"), ("cache_creation_input_tokens", "cache_write"),
-    ("output_tokens", "output"), ("reasoning_tokens", "reasoning"), ("cache_hits", "hits"),
-    ("cache_savings_usd", "cache_saved_usd"), ("routing_savings_usd", "routing_saved_usd"),
-    ("estimated_share", "est_share"), ("errors", "errors"),
+    ("requests", "requests"),
+    ("cost_usd", "cost_usd"),
+    ("input_tokens", "input"),
+    ("cached_input_tokens", "cached"),
+    ("cache_creation_input_tokens", "cache_write"),
+    ("output_tokens", "output"),
+    ("reasoning_tokens", "reasoning"),
+    ("cache_hits", "hits"),
+    ("cache_savings_usd", "cache_saved_usd"),
+    ("routing_savings_usd", "routing_saved_usd"),
+    ("estimated_share", "est_share"),
+    ("errors", "errors"),
 )
 
 
@@ -271,57 +293,132 @@ def render_json(rows: Sequence[Mapping[str, Any]], totals: Mapping[str, Any]) ->
 # (no list-price claim is made); EffectiveCost == BilledCost because nothing here is prepaid.
 
 _PROVIDERS: dict[str, tuple[str, str]] = {  # ledger provider id -> (display name, service name)
-    "openai": ("OpenAI", "OpenAI API"), "anthropic": ("Anthropic", "Anthropic API"),
-    "azure": ("Microsoft", "Azure OpenAI"), "azure.ai.openai": ("Microsoft", "Azure OpenAI"),
-    "aws.bedrock": ("Amazon Web Services", "Amazon Bedrock"), "gcp.gemini": ("Google", "Gemini API"),
-    "gcp.vertex_ai": ("Google Cloud", "Vertex AI"), "mistral_ai": ("Mistral AI", "Mistral AI API"),
-    "deepseek": ("DeepSeek", "DeepSeek API"), "groq": ("Groq", "Groq API"), "x_ai": ("xAI", "xAI API"),
-    "together": ("Together AI", "Together AI API"), "cohere": ("Cohere", "Cohere API"),
+    "openai": ("OpenAI", "OpenAI API"),
+    "anthropic": ("Anthropic", "Anthropic API"),
+    "azure": ("Microsoft", "Azure OpenAI"),
+    "azure.ai.openai": ("Microsoft", "Azure OpenAI"),
+    "aws.bedrock": ("Amazon Web Services", "Amazon Bedrock"),
+    "gcp.gemini": ("Google", "Gemini API"),
+    "gcp.vertex_ai": ("Google Cloud", "Vertex AI"),
+    "mistral_ai": ("Mistral AI", "Mistral AI API"),
+    "deepseek": ("DeepSeek", "DeepSeek API"),
+    "groq": ("Groq", "Groq API"),
+    "x_ai": ("xAI", "xAI API"),
+    "together": ("Together AI", "Together AI API"),
+    "cohere": ("Cohere", "Cohere API"),
 }
 
 _X_SOURCES: dict[str, str] = {  # custom Decimal column -> the aggregate row field it shows
-    "x_RequestCount": "requests", "x_InputTokens": "input_tokens",
-    "x_CachedInputTokens": "cached_input_tokens", "x_CacheCreationInputTokens": "cache_creation_input_tokens",
-    "x_OutputTokens": "output_tokens", "x_ReasoningTokens": "reasoning_tokens",
-    "x_CacheSavings": "cache_savings_usd", "x_RoutingSavings": "routing_savings_usd",
+    "x_RequestCount": "requests",
+    "x_InputTokens": "input_tokens",
+    "x_CachedInputTokens": "cached_input_tokens",
+    "x_CacheCreationInputTokens": "cache_creation_input_tokens",
+    "x_OutputTokens": "output_tokens",
+    "x_ReasoningTokens": "reasoning_tokens",
+    "x_CacheSavings": "cache_savings_usd",
+    "x_RoutingSavings": "routing_savings_usd",
     "x_EstimatedShare": "estimated_share",
 }
 # x_RequestedModels: the sorted distinct requested models of the row, comma-separated.
 _X_COLUMNS: dict[str, str] = {**dict.fromkeys(_X_SOURCES, "Decimal"), "x_RequestedModels": "String"}
 # The v1.2 columns this export fills, in the spec's (alphabetical) order; x_ columns after, as required.
 FOCUS_TYPES: dict[str, str] = {
-    "BilledCost": "Decimal", "BillingAccountId": "String", "BillingAccountName": "String",
-    "BillingCurrency": "String", "BillingPeriodEnd": "DateTime", "BillingPeriodStart": "DateTime",
-    "ChargeCategory": "String", "ChargeClass": "String", "ChargeDescription": "String",
-    "ChargeFrequency": "String", "ChargePeriodEnd": "DateTime", "ChargePeriodStart": "DateTime",
-    "ConsumedQuantity": "Decimal", "ConsumedUnit": "String", "ContractedCost": "Decimal",
-    "EffectiveCost": "Decimal", "InvoiceIssuerName": "String", "ListCost": "Decimal",
-    "PricingQuantity": "Decimal", "PricingUnit": "String", "ProviderName": "String",
-    "PublisherName": "String", "RegionId": "String", "RegionName": "String", "ResourceId": "String",
-    "ResourceName": "String", "ResourceType": "String", "ServiceCategory": "String",
-    "ServiceName": "String", "ServiceSubcategory": "String", "SkuId": "String", "SkuPriceId": "String",
-    "SubAccountId": "String", "SubAccountName": "String", "Tags": "JSON",
+    "BilledCost": "Decimal",
+    "BillingAccountId": "String",
+    "BillingAccountName": "String",
+    "BillingCurrency": "String",
+    "BillingPeriodEnd": "DateTime",
+    "BillingPeriodStart": "DateTime",
+    "ChargeCategory": "String",
+    "ChargeClass": "String",
+    "ChargeDescription": "String",
+    "ChargeFrequency": "String",
+    "ChargePeriodEnd": "DateTime",
+    "ChargePeriodStart": "DateTime",
+    "ConsumedQuantity": "Decimal",
+    "ConsumedUnit": "String",
+    "ContractedCost": "Decimal",
+    "EffectiveCost": "Decimal",
+    "InvoiceIssuerName": "String",
+    "ListCost": "Decimal",
+    "PricingQuantity": "Decimal",
+    "PricingUnit": "String",
+    "ProviderName": "String",
+    "PublisherName": "String",
+    "RegionId": "String",
+    "RegionName": "String",
+    "ResourceId": "String",
+    "ResourceName": "String",
+    "ResourceType": "String",
+    "ServiceCategory": "String",
+    "ServiceName": "String",
+    "ServiceSubcategory": "String",
+    "SkuId": "String",
+    "SkuPriceId": "String",
+    "SubAccountId": "String",
+    "SubAccountName": "String",
+    "Tags": "JSON",
     **_X_COLUMNS,
 }
 FOCUS_COLUMNS: list[str] = list(FOCUS_TYPES)
 # The v1.2 columns whose feature level is Mandatory, and the ones (of those) that never allow null.
-FOCUS_MANDATORY: frozenset[str] = frozenset({
-    "BilledCost", "BillingAccountId", "BillingAccountName", "BillingCurrency", "BillingPeriodEnd",
-    "BillingPeriodStart", "ChargeCategory", "ChargeClass", "ChargeDescription", "ChargePeriodEnd",
-    "ChargePeriodStart", "ContractedCost", "EffectiveCost", "InvoiceIssuerName", "ListCost",
-    "PricingQuantity", "PricingUnit", "ProviderName", "PublisherName", "ServiceCategory",
-    "ServiceName", "ServiceSubcategory",
-})
-_NOT_NULL = FOCUS_MANDATORY - {"BillingAccountName", "ChargeClass", "ChargeDescription", "PricingQuantity",
-                               "PricingUnit"}
+FOCUS_MANDATORY: frozenset[str] = frozenset(
+    {
+        "BilledCost",
+        "BillingAccountId",
+        "BillingAccountName",
+        "BillingCurrency",
+        "BillingPeriodEnd",
+        "BillingPeriodStart",
+        "ChargeCategory",
+        "ChargeClass",
+        "ChargeDescription",
+        "ChargePeriodEnd",
+        "ChargePeriodStart",
+        "ContractedCost",
+        "EffectiveCost",
+        "InvoiceIssuerName",
+        "ListCost",
+        "PricingQuantity",
+        "PricingUnit",
+        "ProviderName",
+        "PublisherName",
+        "ServiceCategory",
+        "ServiceName",
+        "ServiceSubcategory",
+    }
+)
+_NOT_NULL = FOCUS_MANDATORY - {
+    "BillingAccountName",
+    "ChargeClass",
+    "ChargeDescription",
+    "PricingQuantity",
+    "PricingUnit",
+}
 # Every v1.2 column id; anything else in a row must be a custom x_ column.
 FOCUS_SPEC_COLUMNS: frozenset[str] = frozenset(FOCUS_TYPES).difference(_X_COLUMNS) | {
-    "AvailabilityZone", "BillingAccountType", "CapacityReservationId", "CapacityReservationStatus",
-    "CommitmentDiscountCategory", "CommitmentDiscountId", "CommitmentDiscountName",
-    "CommitmentDiscountQuantity", "CommitmentDiscountStatus", "CommitmentDiscountType",
-    "CommitmentDiscountUnit", "ContractedUnitPrice", "InvoiceId", "ListUnitPrice", "PricingCategory",
-    "PricingCurrency", "PricingCurrencyContractedUnitPrice", "PricingCurrencyEffectiveCost",
-    "PricingCurrencyListUnitPrice", "SkuMeter", "SkuPriceDetails", "SubAccountType",
+    "AvailabilityZone",
+    "BillingAccountType",
+    "CapacityReservationId",
+    "CapacityReservationStatus",
+    "CommitmentDiscountCategory",
+    "CommitmentDiscountId",
+    "CommitmentDiscountName",
+    "CommitmentDiscountQuantity",
+    "CommitmentDiscountStatus",
+    "CommitmentDiscountType",
+    "CommitmentDiscountUnit",
+    "ContractedUnitPrice",
+    "InvoiceId",
+    "ListUnitPrice",
+    "PricingCategory",
+    "PricingCurrency",
+    "PricingCurrencyContractedUnitPrice",
+    "PricingCurrencyEffectiveCost",
+    "PricingCurrencyListUnitPrice",
+    "SkuMeter",
+    "SkuPriceDetails",
+    "SubAccountType",
 }
 
 
@@ -363,18 +460,40 @@ def _focus_row(key: _FocusKey, group: _FocusGroup, currency: str, account: str) 
     quantity = str(sums["input_tokens"] + sums["output_tokens"])
     tags = {**(group.tags or {}), "team": team}  # the key's team wins over a user tag named "team"
     return {
-        "BilledCost": cost, "BillingAccountId": account, "BillingAccountName": account,
-        "BillingCurrency": currency, "BillingPeriodEnd": _iso_z(month_end),
-        "BillingPeriodStart": _iso_z(month_start), "ChargeCategory": "Usage", "ChargeClass": None,
-        "ChargeDescription": f"LLM tokens: {model} for team {team}", "ChargeFrequency": "Usage-Based",
-        "ChargePeriodEnd": _iso_z(_utc(hour_ms + _MS_PER_HOUR)), "ChargePeriodStart": _iso_z(start),
-        "ConsumedQuantity": quantity, "ConsumedUnit": "Tokens", "ContractedCost": cost,
-        "EffectiveCost": cost, "InvoiceIssuerName": display, "ListCost": cost,
-        "PricingQuantity": quantity, "PricingUnit": "Tokens", "ProviderName": display,
-        "PublisherName": display, "RegionId": None, "RegionName": None, "ResourceId": model,
-        "ResourceName": model, "ResourceType": "LLM Model", "ServiceCategory": "AI and Machine Learning",
-        "ServiceName": service, "ServiceSubcategory": "Generative AI", "SkuId": model,
-        "SkuPriceId": f"{model}:tokens", "SubAccountId": team, "SubAccountName": team,
+        "BilledCost": cost,
+        "BillingAccountId": account,
+        "BillingAccountName": account,
+        "BillingCurrency": currency,
+        "BillingPeriodEnd": _iso_z(month_end),
+        "BillingPeriodStart": _iso_z(month_start),
+        "ChargeCategory": "Usage",
+        "ChargeClass": None,
+        "ChargeDescription": f"LLM tokens: {model} for team {team}",
+        "ChargeFrequency": "Usage-Based",
+        "ChargePeriodEnd": _iso_z(_utc(hour_ms + _MS_PER_HOUR)),
+        "ChargePeriodStart": _iso_z(start),
+        "ConsumedQuantity": quantity,
+        "ConsumedUnit": "Tokens",
+        "ContractedCost": cost,
+        "EffectiveCost": cost,
+        "InvoiceIssuerName": display,
+        "ListCost": cost,
+        "PricingQuantity": quantity,
+        "PricingUnit": "Tokens",
+        "ProviderName": display,
+        "PublisherName": display,
+        "RegionId": None,
+        "RegionName": None,
+        "ResourceId": model,
+        "ResourceName": model,
+        "ResourceType": "LLM Model",
+        "ServiceCategory": "AI and Machine Learning",
+        "ServiceName": service,
+        "ServiceSubcategory": "Generative AI",
+        "SkuId": model,
+        "SkuPriceId": f"{model}:tokens",
+        "SubAccountId": team,
+        "SubAccountName": team,
         "Tags": jsonutil.dumps_sorted(tags).decode(),
         **{column: str(sums[source]) for column, source in _X_SOURCES.items()},
         "x_RequestedModels": ",".join(sorted(group.requested)),
@@ -392,8 +511,12 @@ def focus_rows(
     """
     groups: dict[_FocusKey, _FocusGroup] = {}
     for record in dedupe(records):
-        key = (_hour_start_ms(int(record["ts_ms"])), str(record.get("team", "")),
-               str(record.get("served_model", "")), str(record.get("provider", "")))
+        key = (
+            _hour_start_ms(int(record["ts_ms"])),
+            str(record.get("team", "")),
+            str(record.get("served_model", "")),
+            str(record.get("provider", "")),
+        )
         groups.setdefault(key, _FocusGroup()).add(record)
     return [_focus_row(key, groups[key], billing_currency, billing_account) for key in sorted(groups)]
 

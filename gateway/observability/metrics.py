@@ -64,67 +64,124 @@ class Metrics:
         def histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> _Cached:
             return _Cached(Histogram(name, doc, labels, registry=r, buckets=buckets))
 
-        self.requests = counter("llm_gateway_requests", "Requests handled, by outcome.",
-                                ("team", "route", "model", "provider", "operation", "status_class"))
-        self.request_duration = histogram("llm_gateway_request_duration_seconds",
-                                          "End-to-end request duration (gen_ai.client.operation.duration).",
-                                          ("operation", "provider"), DURATION_BUCKETS)
-        self.ttft = histogram("llm_gateway_time_to_first_token_seconds",
-                              "Time to the first streamed chunk (gen_ai.client.operation.time_to_first_chunk).",
-                              ("operation", "provider"), DURATION_BUCKETS)
-        self.upstream_duration = histogram("llm_gateway_upstream_duration_seconds",
-                                           "Time spent waiting on the upstream provider.",
-                                           ("provider", "model"), DURATION_BUCKETS)
-        self.overhead = histogram("llm_gateway_overhead_seconds",
-                                  "Time spent in the gateway itself (request minus upstream).",
-                                  ("operation",), OVERHEAD_BUCKETS)
-        self.upstream_errors = counter("llm_gateway_upstream_errors", "Upstream failures by kind.",
-                                       ("provider", "model", "kind"))
-        self.fallbacks = counter("llm_gateway_fallbacks", "Requests served by a later model in the chain.",
-                                 ("from_model", "to_model"))
-        self.tokens = counter("llm_gateway_tokens", "Tokens metered (gen_ai.client.token.usage).",
-                              ("team", "model", "token_type"))
+        self.requests = counter(
+            "llm_gateway_requests",
+            "Requests handled, by outcome.",
+            ("team", "route", "model", "provider", "operation", "status_class"),
+        )
+        self.request_duration = histogram(
+            "llm_gateway_request_duration_seconds",
+            "End-to-end request duration (gen_ai.client.operation.duration).",
+            ("operation", "provider"),
+            DURATION_BUCKETS,
+        )
+        self.ttft = histogram(
+            "llm_gateway_time_to_first_token_seconds",
+            "Time to the first streamed chunk (gen_ai.client.operation.time_to_first_chunk).",
+            ("operation", "provider"),
+            DURATION_BUCKETS,
+        )
+        self.upstream_duration = histogram(
+            "llm_gateway_upstream_duration_seconds",
+            "Time spent waiting on the upstream provider.",
+            ("provider", "model"),
+            DURATION_BUCKETS,
+        )
+        self.overhead = histogram(
+            "llm_gateway_overhead_seconds",
+            "Time spent in the gateway itself (request minus upstream).",
+            ("operation",),
+            OVERHEAD_BUCKETS,
+        )
+        self.upstream_errors = counter(
+            "llm_gateway_upstream_errors", "Upstream failures by kind.", ("provider", "model", "kind")
+        )
+        self.fallbacks = counter(
+            "llm_gateway_fallbacks",
+            "Requests served by a later model in the chain.",
+            ("from_model", "to_model"),
+        )
+        self.tokens = counter(
+            "llm_gateway_tokens",
+            "Tokens metered (gen_ai.client.token.usage).",
+            ("team", "model", "token_type"),
+        )
         self.cost = counter("llm_gateway_cost_usd", "Cost metered, USD.", ("team", "model"))
-        self.savings = counter("llm_gateway_savings_usd", "Savings, USD: cache hits and cheaper routes.",
-                               ("team", "reason"))
-        self.budget_limit = gauge("llm_gateway_budget_limit_usd", "Budget limit for the period, USD.",
-                                  ("team", "scope", "period"))
-        self.budget_spent = gauge("llm_gateway_budget_spent_usd", "Spent in the current period, USD.",
-                                  ("team", "scope", "period"))
-        self.budget_reserved = gauge("llm_gateway_budget_reserved_usd", "Reserved by in-flight requests, USD.",
-                                     ("team", "scope", "period"))
-        self.budget_limit_tokens = gauge("llm_gateway_budget_limit_tokens", "Token budget for the period.",
-                                         ("team", "scope", "period"))
-        self.budget_spent_tokens = gauge("llm_gateway_budget_spent_tokens", "Tokens spent in the period.",
-                                         ("team", "scope", "period"))
-        self.budget_reserved_tokens = gauge("llm_gateway_budget_reserved_tokens", "Tokens reserved in flight.",
-                                            ("team", "scope", "period"))
-        self.budget_utilization = gauge("llm_gateway_budget_utilization_ratio",
-                                        "Share of the period budget spent or reserved (0-1).", ("team", "scope"))
-        self.budget_period_end = gauge("llm_gateway_budget_period_end_timestamp_seconds",
-                                       "When the current budget period resets.", ("team", "scope"))
-        self.budget_period_seconds = gauge("llm_gateway_budget_period_seconds",
-                                           "Length of the current budget period (for burn-rate alerts).",
-                                           ("team", "scope"))
-        self.budget_denied = counter("llm_gateway_budget_denied_requests",
-                                     "Requests denied because a hard budget would be exceeded.", ("team", "reason"))
-        self.budget_thresholds = counter("llm_gateway_budget_threshold_crossings",
-                                         "Soft budget thresholds crossed.", ("team", "scope", "threshold"))
-        self.rate_limited = counter("llm_gateway_rate_limited_requests", "Requests over an RPM/TPM limit.",
-                                    ("team", "kind"))
-        self.store_errors = counter("llm_gateway_store_errors", "Store (Redis) failures by operation.",
-                                    ("operation",))
-        self.fail_open = counter("llm_gateway_fail_open_requests",
-                                 "Requests served under fail_open while the store was down.", ("team",))
-        self.cache_requests = counter("llm_gateway_cache_requests", "Response cache lookups.", ("team", "result"))
-        self.cache_errors = counter("llm_gateway_cache_errors", "Cache backend failures (cache fails open).",
-                                    ("operation",))
+        self.savings = counter(
+            "llm_gateway_savings_usd", "Savings, USD: cache hits and cheaper routes.", ("team", "reason")
+        )
+        self.budget_limit = gauge(
+            "llm_gateway_budget_limit_usd", "Budget limit for the period, USD.", ("team", "scope", "period")
+        )
+        self.budget_spent = gauge(
+            "llm_gateway_budget_spent_usd", "Spent in the current period, USD.", ("team", "scope", "period")
+        )
+        self.budget_reserved = gauge(
+            "llm_gateway_budget_reserved_usd",
+            "Reserved by in-flight requests, USD.",
+            ("team", "scope", "period"),
+        )
+        self.budget_limit_tokens = gauge(
+            "llm_gateway_budget_limit_tokens", "Token budget for the period.", ("team", "scope", "period")
+        )
+        self.budget_spent_tokens = gauge(
+            "llm_gateway_budget_spent_tokens", "Tokens spent in the period.", ("team", "scope", "period")
+        )
+        self.budget_reserved_tokens = gauge(
+            "llm_gateway_budget_reserved_tokens", "Tokens reserved in flight.", ("team", "scope", "period")
+        )
+        self.budget_utilization = gauge(
+            "llm_gateway_budget_utilization_ratio",
+            "Share of the period budget spent or reserved (0-1).",
+            ("team", "scope"),
+        )
+        self.budget_period_end = gauge(
+            "llm_gateway_budget_period_end_timestamp_seconds",
+            "When the current budget period resets.",
+            ("team", "scope"),
+        )
+        self.budget_period_seconds = gauge(
+            "llm_gateway_budget_period_seconds",
+            "Length of the current budget period (for burn-rate alerts).",
+            ("team", "scope"),
+        )
+        self.budget_denied = counter(
+            "llm_gateway_budget_denied_requests",
+            "Requests denied because a hard budget would be exceeded.",
+            ("team", "reason"),
+        )
+        self.budget_thresholds = counter(
+            "llm_gateway_budget_threshold_crossings",
+            "Soft budget thresholds crossed.",
+            ("team", "scope", "threshold"),
+        )
+        self.rate_limited = counter(
+            "llm_gateway_rate_limited_requests", "Requests over an RPM/TPM limit.", ("team", "kind")
+        )
+        self.store_errors = counter(
+            "llm_gateway_store_errors", "Store (Redis) failures by operation.", ("operation",)
+        )
+        self.fail_open = counter(
+            "llm_gateway_fail_open_requests",
+            "Requests served under fail_open while the store was down.",
+            ("team",),
+        )
+        self.cache_requests = counter(
+            "llm_gateway_cache_requests", "Response cache lookups.", ("team", "result")
+        )
+        self.cache_errors = counter(
+            "llm_gateway_cache_errors", "Cache backend failures (cache fails open).", ("operation",)
+        )
         self.policy_reloads = counter("llm_gateway_policy_reloads", "Successful policy reloads.", ())
-        self.policy_reload_errors = counter("llm_gateway_policy_reload_errors", "Rejected policy reloads.", ())
-        self.breaker_state = gauge("llm_gateway_circuit_open", "1 while a deployment's circuit is open.",
-                                   ("deployment",))
-        self.ledger_pending = gauge("llm_gateway_ledger_pending_records",
-                                    "Settlements waiting to be written to the store.", ())
+        self.policy_reload_errors = counter(
+            "llm_gateway_policy_reload_errors", "Rejected policy reloads.", ()
+        )
+        self.breaker_state = gauge(
+            "llm_gateway_circuit_open", "1 while a deployment's circuit is open.", ("deployment",)
+        )
+        self.ledger_pending = gauge(
+            "llm_gateway_ledger_pending_records", "Settlements waiting to be written to the store.", ()
+        )
         self.inflight = gauge("llm_gateway_inflight_requests", "Requests in flight.", ())
 
     def render(self) -> tuple[bytes, str]:
@@ -132,6 +189,6 @@ class Metrics:
 
         if self.multiprocess:
             registry = CollectorRegistry()
-            multiprocess.MultiProcessCollector(registry)
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from gateway.config.model import CacheSettings, Range, Rule, RoutingConfig, TimeWindow, When
+from gateway.config.model import CacheSettings, Range, RoutingConfig, Rule, TimeWindow, When
 from gateway.policy.complexity import complexity_score
 
 _DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -81,8 +81,13 @@ def _globs(patterns: list[str]) -> re.Pattern[str]:
 
 def _in_range(r: Range) -> Callable[[float], bool]:
     def check(v: float) -> bool:
-        return ((r.gt is None or v > r.gt) and (r.gte is None or v >= r.gte)
-                and (r.lt is None or v < r.lt) and (r.lte is None or v <= r.lte))
+        return (
+            (r.gt is None or v > r.gt)
+            and (r.gte is None or v >= r.gte)
+            and (r.lt is None or v < r.lt)
+            and (r.lte is None or v <= r.lte)
+        )
+
     return check
 
 
@@ -98,6 +103,14 @@ def _time_predicate(window: TimeWindow) -> Predicate:
             return False
         minute = now.hour * 60 + now.minute
         return start <= minute < end if start <= end else (minute >= start or minute < end)  # wraps midnight
+
+    return check
+
+
+def _flag_predicate(flag: str, expected: bool) -> Predicate:
+    def check(f: Facts) -> bool:
+        return bool(getattr(f, flag) is expected)
+
     return check
 
 
@@ -114,12 +127,13 @@ def compile_when(when: When) -> tuple[tuple[str, Predicate], ...]:
         preds.append(("operation", lambda f: f.operation == op))
     if when.tags is not None:
         wanted = tuple(when.tags.items())
-        preds.append(("tags", lambda f: all(
-            (k in f.tags) if v == "*" else f.tags.get(k) == v for k, v in wanted)))
+        preds.append(
+            ("tags", lambda f: all((k in f.tags) if v == "*" else f.tags.get(k) == v for k, v in wanted))
+        )
     for flag in ("has_tools", "has_images", "has_response_format", "stream"):
         expected = getattr(when, flag)
         if expected is not None:
-            preds.append((flag, lambda f, flag=flag, expected=expected: getattr(f, flag) is expected))
+            preds.append((flag, _flag_predicate(flag, expected)))
     if when.max_tokens is not None:
         check_max = _in_range(when.max_tokens)
         preds.append(("max_tokens", lambda f: f.max_tokens is not None and check_max(f.max_tokens)))
@@ -169,8 +183,12 @@ class RuleSet:
         return tuple(seen)
 
     def _apply(self, rule: Rule, facts: Facts, trace: list[str] | None) -> Decision:
-        common = {"rule": rule.name, "max_tokens_cap": rule.max_tokens, "cache": rule.cache,
-                  "add_tags": tuple(rule.add_tags.items())}
+        common = {
+            "rule": rule.name,
+            "max_tokens_cap": rule.max_tokens,
+            "cache": rule.cache,
+            "add_tags": tuple(rule.add_tags.items()),
+        }
         if rule.deny is not None:
             return Decision(chain=(), deny=rule.deny, trace=tuple(trace or ()), **common)  # type: ignore[arg-type]
         if rule.auto is not None:

@@ -9,14 +9,14 @@ budgets or the HTTP server.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import aiohttp
 
 from gateway import jsonutil
-from gateway.config.runtime import DeploymentSpec, ProviderSpec, ProviderSpec
+from gateway.config.runtime import DeploymentSpec, ProviderSpec
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and headers the gateway owns are never forwarded.
@@ -37,28 +37,21 @@ HOP_BY_HOP = frozenset(
 )
 
 
-_NEVER_FORWARD = HOP_BY_HOP | {"authorization", "x-api-key", "api-key", "cookie", "content-type",
-                               "x-gateway-tags", "x-gateway-cache-ttl", "cache-control"}
+_NEVER_FORWARD = HOP_BY_HOP | {
+    "authorization",
+    "x-api-key",
+    "api-key",
+    "cookie",
+    "content-type",
+    "x-gateway-tags",
+    "x-gateway-cache-ttl",
+    "cache-control",
+}
 
 
-def outgoing_headers(provider: ProviderSpec, client_headers: Mapping[str, str], request_id: str) -> dict[str, str]:
-    """Headers for the upstream call: the gateway's request id, allow-listed client headers, the
-    provider's configured headers. The client's credentials are never among them."""
-    headers = {"content-type": "application/json", "x-request-id": request_id}
-    if provider.forward is not None:
-        for name, value in client_headers.items():
-            lowered = name.lower()
-            if lowered not in _NEVER_FORWARD and provider.forward.match(lowered):
-                headers[lowered] = value
-    headers.update(provider.headers)
-    return headers
-
-
-_NEVER_FORWARD = HOP_BY_HOP | {"authorization", "x-api-key", "api-key", "cookie", "content-type",
-                               "x-gateway-tags", "x-gateway-cache-ttl", "cache-control"}
-
-
-def outgoing_headers(provider: ProviderSpec, client_headers: Mapping[str, str], request_id: str) -> dict[str, str]:
+def outgoing_headers(
+    provider: ProviderSpec, client_headers: Mapping[str, str], request_id: str
+) -> dict[str, str]:
     """Headers for the upstream call: the gateway's request id, allow-listed client headers, the
     provider's configured headers. The client's credentials are never among them."""
     headers = {"content-type": "application/json", "x-request-id": request_id}

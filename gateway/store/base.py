@@ -108,8 +108,13 @@ class KeyRecord:
     source: str = "admin"  # "admin" | "config"
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.key_id, "team": self.team, "name": self.name, "created_ms": self.created_ms,
-                "source": self.source}
+        return {
+            "id": self.key_id,
+            "team": self.team,
+            "name": self.name,
+            "created_ms": self.created_ms,
+            "source": self.source,
+        }
 
 
 class StoreError(Exception):
@@ -133,8 +138,9 @@ class Store(Protocol):
     # budgets
     async def reserve(self, req: ReserveRequest) -> ReserveResult: ...
     async def settle(self, settlement: Settlement) -> bool: ...
-    async def record(self, team: str, record: dict[str, Any], cost_nano: int, tokens: int,
-                     scopes: list[ScopeLimit]) -> bool: ...
+    async def record(
+        self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
+    ) -> bool: ...
     async def expire_leases(self, team: str, now_ms: int, limit: int = 100) -> int: ...
     async def scope_usage(self, team: str, scopes: list[ScopeLimit]) -> dict[str, ScopeUsage]: ...
     async def teams(self) -> list[str]: ...

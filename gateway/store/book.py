@@ -85,14 +85,24 @@ class BudgetBook:
 
         limited = self._rate_check(req.rate_limits, req.fixed_tokens + req.out_tokens_min)
         if limited is not None:
-            return ReserveResult(ok=False, reason=limited.kind, scope=limited.scope,
-                                 rate_remaining=self._rate_remaining(req.rate_limits))
+            return ReserveResult(
+                ok=False,
+                reason=limited.kind,
+                scope=limited.scope,
+                rate_remaining=self._rate_remaining(req.rate_limits),
+            )
 
         out = req.out_tokens_max
         reason, scope_name = "", ""
         if free_nano != UNLIMITED:
-            by_usd = -1 if free_nano < req.fixed_nano else (
-                (free_nano - req.fixed_nano) * 1000 // req.out_price_pico if req.out_price_pico > 0 else out
+            by_usd = (
+                -1
+                if free_nano < req.fixed_nano
+                else (
+                    (free_nano - req.fixed_nano) * 1000 // req.out_price_pico
+                    if req.out_price_pico > 0
+                    else out
+                )
             )
             if by_usd < out:
                 out, reason, scope_name = by_usd, "usd", deny_usd
@@ -104,8 +114,13 @@ class BudgetBook:
             for scope in req.scopes:
                 if scope.scope == scope_name:
                     self._usage(scope.counter).denials += 1
-            return ReserveResult(ok=False, reason=reason, scope=scope_name,
-                                 remaining_nano=free_nano, remaining_tokens=free_tokens)
+            return ReserveResult(
+                ok=False,
+                reason=reason,
+                scope=scope_name,
+                remaining_nano=free_nano,
+                remaining_tokens=free_tokens,
+            )
 
         cost = req.fixed_nano + -(-out * req.out_price_pico // 1000)
         tokens = req.fixed_tokens + out
@@ -116,12 +131,20 @@ class BudgetBook:
             u.requests += 1
         tpm = self._rate_take(req.rate_limits, tokens)
         self.leases[req.lease_id] = Lease(
-            lease_id=req.lease_id, team=req.team, counters=[s.counter for s in req.scopes],
-            cost_nano=cost, tokens=tokens, expires_ms=req.now_ms + req.lease_ttl_ms,
-            intent=req.intent, tpm=tpm,
+            lease_id=req.lease_id,
+            team=req.team,
+            counters=[s.counter for s in req.scopes],
+            cost_nano=cost,
+            tokens=tokens,
+            expires_ms=req.now_ms + req.lease_ttl_ms,
+            intent=req.intent,
+            tpm=tpm,
         )
         return ReserveResult(
-            ok=True, out_tokens=out, reserved_nano=cost, reserved_tokens=tokens,
+            ok=True,
+            out_tokens=out,
+            reserved_nano=cost,
+            reserved_tokens=tokens,
             remaining_nano=free_nano if free_nano == UNLIMITED else free_nano - cost,
             remaining_tokens=free_tokens if free_tokens == UNLIMITED else free_tokens - tokens,
             rate_remaining=self._rate_remaining(req.rate_limits),

@@ -95,8 +95,9 @@ class MemoryStore:
         if day != self._ledger_day:
             if self._ledger_fd >= 0:
                 os.close(self._ledger_fd)
-            self._ledger_fd = os.open(self.dir / f"ledger-{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT,
-                                      0o600)
+            self._ledger_fd = os.open(
+                self.dir / f"ledger-{day}.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600
+            )
             self._ledger_day = day
         os.write(self._ledger_fd, jsonutil.dumps(record) + b"\n")
 
@@ -126,8 +127,15 @@ class MemoryStore:
                 u.reserved_tokens += op["lease"]["tokens"]
                 u.requests += 1
         elif kind == "settle":
-            self.book.settle(Settlement(team="", lease_id=op["lease_id"], cost_nano=op["cost_nano"],
-                                        tokens=op["tokens"], record={}))
+            self.book.settle(
+                Settlement(
+                    team="",
+                    lease_id=op["lease_id"],
+                    cost_nano=op["cost_nano"],
+                    tokens=op["tokens"],
+                    record={},
+                )
+            )
         elif kind == "expire":
             self.book.expire(op["lease_id"])
         elif kind == "record":
@@ -142,7 +150,7 @@ class MemoryStore:
         elif kind == "revoke":
             self.revoked.add(op["key_id"])
             self.revoked_version += 1
-        if "team" in op and op["team"]:
+        if op.get("team"):
             self.teams_seen.add(op["team"])
 
     def _restore(self, snap: dict[str, Any]) -> None:
@@ -163,9 +171,17 @@ class MemoryStore:
         self.seen_ms = {rid: ts for rid, ts in self.seen_ms.items() if now - ts < _SEEN_TTL_MS}
         self.book.seen = set(self.seen_ms)
         snap = {
-            "usage": {c: {"spent_nano": u.spent_nano, "spent_tokens": u.spent_tokens, "reserved_nano": 0,
-                          "reserved_tokens": 0, "denials": u.denials, "requests": u.requests}
-                      for c, u in self.book.usage.items()},
+            "usage": {
+                c: {
+                    "spent_nano": u.spent_nano,
+                    "spent_tokens": u.spent_tokens,
+                    "reserved_nano": 0,
+                    "reserved_tokens": 0,
+                    "denials": u.denials,
+                    "requests": u.requests,
+                }
+                for c, u in self.book.usage.items()
+            },
             "keys": [_key_dict(k) for k in self.keys.values()],
             "revoked": sorted(self.revoked),
             "revoked_version": self.revoked_version,
@@ -210,7 +226,9 @@ class MemoryStore:
         self.teams_seen.add(req.team)
         if result.ok:
             lease = self.book.leases[req.lease_id]
-            self._log({"op": "reserve", "lease_id": req.lease_id, "team": req.team, "lease": _lease_dict(lease)})
+            self._log(
+                {"op": "reserve", "lease_id": req.lease_id, "team": req.team, "lease": _lease_dict(lease)}
+            )
         elif result.reason in ("usd", "tokens"):
             for scope in req.scopes:
                 if scope.scope == result.scope:
@@ -220,21 +238,37 @@ class MemoryStore:
     async def settle(self, settlement: Settlement) -> bool:
         if not self.book.settle(settlement):
             return False
-        self._log({"op": "settle", "lease_id": settlement.lease_id, "cost_nano": settlement.cost_nano,
-                   "tokens": settlement.tokens})
+        self._log(
+            {
+                "op": "settle",
+                "lease_id": settlement.lease_id,
+                "cost_nano": settlement.cost_nano,
+                "tokens": settlement.tokens,
+            }
+        )
         self._append_ledger(settlement.record)
         return True
 
-    async def record(self, team: str, record: dict[str, Any], cost_nano: int, tokens: int,
-                     scopes: list[ScopeLimit]) -> bool:
+    async def record(
+        self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
+    ) -> bool:
         request_id = str(record["request_id"])
         if not self.book.record(request_id, cost_nano, tokens, scopes):
             return False
         ts = int(record.get("ts_ms", 0))
         self.seen_ms[request_id] = ts
         self.teams_seen.add(team)
-        self._log({"op": "record", "request_id": request_id, "team": team, "cost_nano": cost_nano,
-                   "tokens": tokens, "counters": [s.counter for s in scopes], "ts_ms": ts})
+        self._log(
+            {
+                "op": "record",
+                "request_id": request_id,
+                "team": team,
+                "cost_nano": cost_nano,
+                "tokens": tokens,
+                "counters": [s.counter for s in scopes],
+                "ts_ms": ts,
+            }
+        )
         self._append_ledger(record)
         return True
 
@@ -263,8 +297,9 @@ class MemoryStore:
         out = {}
         for s in scopes:
             u = self.book.usage.get(s.counter) or ScopeUsage()
-            out[s.counter] = ScopeUsage(u.spent_nano, u.spent_tokens, u.reserved_nano, u.reserved_tokens,
-                                        u.denials, u.requests)
+            out[s.counter] = ScopeUsage(
+                u.spent_nano, u.spent_tokens, u.reserved_nano, u.reserved_tokens, u.denials, u.requests
+            )
         return out
 
     async def teams(self) -> list[str]:
@@ -332,11 +367,24 @@ class MemoryStore:
 
 
 def _key_dict(key: KeyRecord) -> dict[str, Any]:
-    return {"key_id": key.key_id, "team": key.team, "sha256": key.sha256, "name": key.name,
-            "created_ms": key.created_ms, "source": key.source}
+    return {
+        "key_id": key.key_id,
+        "team": key.team,
+        "sha256": key.sha256,
+        "name": key.name,
+        "created_ms": key.created_ms,
+        "source": key.source,
+    }
 
 
 def _lease_dict(lease: Lease) -> dict[str, Any]:
-    return {"lease_id": lease.lease_id, "team": lease.team, "counters": lease.counters,
-            "cost_nano": lease.cost_nano, "tokens": lease.tokens, "expires_ms": lease.expires_ms,
-            "intent": lease.intent, "tpm": lease.tpm}
+    return {
+        "lease_id": lease.lease_id,
+        "team": lease.team,
+        "counters": lease.counters,
+        "cost_nano": lease.cost_nano,
+        "tokens": lease.tokens,
+        "expires_ms": lease.expires_ms,
+        "intent": lease.intent,
+        "tpm": lease.tpm,
+    }

@@ -103,23 +103,27 @@ class RedisStore:
         return None if raw is None else KeyRecord(**jsonutil.loads(raw))
 
     async def create_key(self, record: KeyRecord) -> None:
-        data = jsonutil.dumps({"key_id": record.key_id, "team": record.team, "sha256": record.sha256,
-                               "name": record.name, "created_ms": record.created_ms, "source": record.source})
+        data = jsonutil.dumps(
+            {
+                "key_id": record.key_id,
+                "team": record.team,
+                "sha256": record.sha256,
+                "name": record.name,
+                "created_ms": record.created_ms,
+                "source": record.source,
+            }
+        )
         try:
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.set(f"gw:key:{record.sha256}", data)
-                pipe.hset("gw:keyids", record.key_id, record.sha256)
-                await pipe.execute()
+            await self.client.set(f"gw:key:{record.sha256}", data)
+            await self.client.hset("gw:keyids", record.key_id, record.sha256)
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
 
     async def revoke_key(self, key_id: str) -> bool:
         try:
             sha = await self.client.hget("gw:keyids", key_id)
-            async with self.client.pipeline(transaction=False) as pipe:
-                pipe.sadd("gw:revoked", key_id)
-                pipe.incr("gw:revoked:v")
-                await pipe.execute()
+            await self.client.sadd("gw:revoked", key_id)
+            await self.client.incr("gw:revoked:v")
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
         return sha is not None
@@ -128,7 +132,7 @@ class RedisStore:
         try:
             shas = await self.client.hgetall("gw:keyids")
             revoked = await self.client.smembers("gw:revoked")
-            raws = await self.client.mget([f"gw:key:{s.decode()}" for s in shas.values()]) if shas else []
+            raws = await self.client.mget([f"gw:key:{_s(s)}" for s in shas.values()]) if shas else []
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
         keys = [KeyRecord(**jsonutil.loads(r)) for r in raws if r is not None]
@@ -140,7 +144,7 @@ class RedisStore:
             ids = await self.client.smembers("gw:revoked") if version else set()
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
-        return version, frozenset(i.decode() for i in ids)
+        return version, frozenset(_s(i) for i in ids)
 
     # ------------------------------------------------------------------ budgets
 
@@ -150,8 +154,15 @@ class RedisStore:
     async def reserve(self, req: ReserveRequest) -> ReserveResult:
         window = req.rate_limits[0].window if req.rate_limits else 0
         args: list[Any] = [
-            req.lease_id, req.now_ms, req.lease_ttl_ms, req.fixed_nano, req.fixed_tokens,
-            req.out_price_pico, req.out_tokens_max, req.out_tokens_min, jsonutil.dumps(req.intent),
+            req.lease_id,
+            req.now_ms,
+            req.lease_ttl_ms,
+            req.fixed_nano,
+            req.fixed_tokens,
+            req.out_price_pico,
+            req.out_tokens_max,
+            req.out_tokens_min,
+            jsonutil.dumps(req.intent),
             len(req.scopes),
         ]
         for s in req.scopes:
@@ -175,18 +186,40 @@ class RedisStore:
 
     async def settle(self, settlement: Settlement) -> bool:
         rec = settlement.record
-        keys = [*self._team_keys(settlement.team)[:4], _k(settlement.team, f"roll:{hour_bucket(rec['ts_ms'])}")]
-        args: list[Any] = [settlement.lease_id, settlement.cost_nano, settlement.tokens, jsonutil.dumps(rec),
-                           _ROLLUP_TTL_S, *_rollup_args(rec)]
+        keys = [
+            *self._team_keys(settlement.team)[:4],
+            _k(settlement.team, f"roll:{hour_bucket(rec['ts_ms'])}"),
+        ]
+        args: list[Any] = [
+            settlement.lease_id,
+            settlement.cost_nano,
+            settlement.tokens,
+            jsonutil.dumps(rec),
+            _ROLLUP_TTL_S,
+            *_rollup_args(rec),
+        ]
         return bool(await self._call(self._settle, keys, args))
 
-    async def record(self, team: str, record: dict[str, Any], cost_nano: int, tokens: int,
-                     scopes: list[ScopeLimit]) -> bool:
+    async def record(
+        self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
+    ) -> bool:
         ts = int(record["ts_ms"])
-        keys = [_k(team, "budget"), _k(team, f"seen:{ledger_day(ts)}"), _k(team, "ledger"),
-                _k(team, f"roll:{hour_bucket(ts)}")]
-        args: list[Any] = [record["request_id"], cost_nano, tokens, jsonutil.dumps(record), _ROLLUP_TTL_S,
-                           len(scopes), *[s.counter for s in scopes], *_rollup_args(record)]
+        keys = [
+            _k(team, "budget"),
+            _k(team, f"seen:{ledger_day(ts)}"),
+            _k(team, "ledger"),
+            _k(team, f"roll:{hour_bucket(ts)}"),
+        ]
+        args: list[Any] = [
+            record["request_id"],
+            cost_nano,
+            tokens,
+            jsonutil.dumps(record),
+            _ROLLUP_TTL_S,
+            len(scopes),
+            *[s.counter for s in scopes],
+            *_rollup_args(record),
+        ]
         await self._remember_team(team)
         return bool(await self._call(self._record, keys, args))
 
@@ -200,11 +233,11 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
         nums = [int(v) if v is not None else 0 for v in values]
-        return {s.counter: ScopeUsage(*nums[i * 6:(i + 1) * 6]) for i, s in enumerate(scopes)}
+        return {s.counter: ScopeUsage(*nums[i * 6 : (i + 1) * 6]) for i, s in enumerate(scopes)}
 
     async def teams(self) -> list[str]:
         try:
-            return sorted(t.decode() for t in await self.client.smembers("gw:teams"))
+            return sorted(_s(t) for t in await self.client.smembers("gw:teams"))
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
 
@@ -219,11 +252,11 @@ class RedisStore:
                 batch = await self.client.xrange(_k(team, "ledger"), start, end, count=5000)
                 if not batch:
                     break
-                for entry_id, fields in batch:
-                    rec = _ledger_entry(fields)
+                for _entry_id, fields in batch:
+                    rec = _ledger_entry(fields or {})
                     if since_ms <= int(rec.get("ts_ms", 0)) < until_ms:
                         out.append(rec)
-                last = batch[-1][0].decode()
+                last = _s(batch[-1][0])
                 start = "(" + last
                 if len(batch) < 5000:
                     break
@@ -234,7 +267,9 @@ class RedisStore:
     async def trim_ledger(self, team: str, older_than_ms: int) -> int:
         """Retention: drop stream entries older than the cutoff (rollups keep their own TTL)."""
         try:
-            return int(await self.client.xtrim(_k(team, "ledger"), minid=f"{older_than_ms}-0", approximate=True))
+            return int(
+                await self.client.xtrim(_k(team, "ledger"), minid=f"{older_than_ms}-0", approximate=True)
+            )
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
 
@@ -242,10 +277,10 @@ class RedisStore:
 
     async def cache_get(self, team: str, key: str) -> bytes | None:
         try:
-            value: bytes | None = await self.client.get(_k(team, f"c:{key}"))
+            value = await self.client.get(_k(team, f"c:{key}"))
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
-        return value
+        return value if isinstance(value, bytes) or value is None else value.encode()
 
     async def cache_set(self, team: str, key: str, value: bytes, ttl_s: int) -> None:
         try:
@@ -266,19 +301,29 @@ class RedisStore:
             raise StoreError(f"redis: {exc}") from exc
 
 
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _reserve_result(raw: list[Any]) -> ReserveResult:
     def s(v: Any) -> str:
         return v.decode() if isinstance(v, bytes) else str(v)
 
     rate = {s(raw[i]).replace("|", ":", 1): int(raw[i + 1]) for i in range(8, len(raw), 2)}
     return ReserveResult(
-        ok=int(raw[0]) == 1, reason=s(raw[1]), scope=s(raw[2]).split("|")[0], out_tokens=int(raw[3]),
-        reserved_nano=int(raw[4]), reserved_tokens=int(raw[5]), remaining_nano=int(raw[6]),
-        remaining_tokens=int(raw[7]), rate_remaining=rate,
+        ok=int(raw[0]) == 1,
+        reason=s(raw[1]),
+        scope=s(raw[2]).split("|")[0],
+        out_tokens=int(raw[3]),
+        reserved_nano=int(raw[4]),
+        reserved_tokens=int(raw[5]),
+        remaining_nano=int(raw[6]),
+        remaining_tokens=int(raw[7]),
+        rate_remaining=rate,
     )
 
 
-def _ledger_entry(fields: dict[bytes, bytes]) -> dict[str, Any]:
+def _ledger_entry(fields: Any) -> dict[str, Any]:
     rec: dict[str, Any] = jsonutil.loads(fields.get(b"r", b"{}"))
     if fields.get(b"status") == b"expired":  # written by the Lua expiry: the lease's full reservation
         rec["cost_nano"] = int(fields[b"cost_nano"])
@@ -296,7 +341,14 @@ def _rollup_args(rec: dict[str, Any]) -> list[Any]:
     pairs: list[Any] = []
     dims = [f"model={model}"] + [f"tag={k}:{v}" for k, v in (rec.get("tags") or {}).items()]
     for dim in dims:
-        pairs += [f"{dim}|cost_nano", int(rec.get("cost_nano", 0)), f"{dim}|requests", 1,
-                  f"{dim}|input_tokens", int(usage.get("input_tokens", 0)),
-                  f"{dim}|output_tokens", int(usage.get("output_tokens", 0))]
+        pairs += [
+            f"{dim}|cost_nano",
+            int(rec.get("cost_nano", 0)),
+            f"{dim}|requests",
+            1,
+            f"{dim}|input_tokens",
+            int(usage.get("input_tokens", 0)),
+            f"{dim}|output_tokens",
+            int(usage.get("output_tokens", 0)),
+        ]
     return [len(pairs) // 2, *pairs]

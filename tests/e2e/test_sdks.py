@@ -30,8 +30,16 @@ def claude(gw: GatewayProc) -> anthropic.Anthropic:
 
 
 MESSAGES = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "Say hello"}]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "weather",
-                                           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
 
 
 def test_chat_completion(oai: openai.OpenAI) -> None:
@@ -50,8 +58,15 @@ def test_chat_stream_hides_usage_unless_asked(oai: openai.OpenAI) -> None:
     assert all(c.usage is None for c in chunks)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].choices[0].finish_reason == "length"
-    with_usage = list(oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=4, stream=True,
-                                                  stream_options={"include_usage": True}))
+    with_usage = list(
+        oai.chat.completions.create(
+            model="gpt-4o",
+            messages=MESSAGES,
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert with_usage[-1].usage is not None and with_usage[-1].usage.completion_tokens == 4
     assert with_usage[-1].choices == []
 
@@ -62,8 +77,9 @@ def test_chat_n_tools_response_format_stop(oai: openai.OpenAI) -> None:
     tool = oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, tools=TOOLS, max_tokens=20)
     assert tool.choices[0].finish_reason == "tool_calls"
     assert tool.choices[0].message.tool_calls[0].function.name == "get_weather"
-    rf = oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, response_format={"type": "json_object"},
-                                     max_tokens=10)
+    rf = oai.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, response_format={"type": "json_object"}, max_tokens=10
+    )
     assert rf.choices[0].message.content.startswith("{")
     stopped = oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, stop=["of"], max_tokens=10)
     assert stopped.choices[0].finish_reason == "stop"
@@ -91,19 +107,28 @@ def test_openai_sdk_to_claude_model(oai: openai.OpenAI) -> None:
     assert resp.usage is not None and resp.usage.completion_tokens == 6
     tool = oai.chat.completions.create(model="claude-sonnet", messages=MESSAGES, tools=TOOLS, max_tokens=30)
     assert tool.choices[0].message.tool_calls[0].function.name == "get_weather"
-    chunks = list(oai.chat.completions.create(model="claude-sonnet", messages=MESSAGES, max_tokens=4, stream=True,
-                                              stream_options={"include_usage": True}))
+    chunks = list(
+        oai.chat.completions.create(
+            model="claude-sonnet",
+            messages=MESSAGES,
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
 
 
 def test_anthropic_sdk_messages(claude: anthropic.Anthropic) -> None:
-    msg = claude.messages.create(model="claude-sonnet", max_tokens=5, system="be brief",
-                                 messages=[{"role": "user", "content": "hi"}])
+    msg = claude.messages.create(
+        model="claude-sonnet", max_tokens=5, system="be brief", messages=[{"role": "user", "content": "hi"}]
+    )
     assert msg.content[0].type == "text" and msg.stop_reason == "max_tokens"
     assert msg.usage.output_tokens == 5
-    with claude.messages.stream(model="claude-sonnet", max_tokens=5,
-                                messages=[{"role": "user", "content": "hi"}]) as stream:
+    with claude.messages.stream(
+        model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "hi"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text and final.usage.output_tokens == 5
@@ -112,11 +137,18 @@ def test_anthropic_sdk_messages(claude: anthropic.Anthropic) -> None:
 def test_anthropic_sdk_to_openai_model(claude: anthropic.Anthropic) -> None:
     msg = claude.messages.create(model="gpt-4o", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     assert msg.content[0].type == "text" and msg.usage.output_tokens == 5
-    tool = claude.messages.create(model="gpt-4o", max_tokens=50, messages=[{"role": "user", "content": "weather?"}],
-                                  tools=[{"name": "get_weather", "description": "w",
-                                          "input_schema": {"type": "object", "properties": {}}}])
+    tool = claude.messages.create(
+        model="gpt-4o",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "weather?"}],
+        tools=[
+            {"name": "get_weather", "description": "w", "input_schema": {"type": "object", "properties": {}}}
+        ],
+    )
     assert tool.stop_reason == "tool_use" and tool.content[-1].type == "tool_use"
-    with claude.messages.stream(model="gpt-4o", max_tokens=4, messages=[{"role": "user", "content": "hi"}]) as s:
+    with claude.messages.stream(
+        model="gpt-4o", max_tokens=4, messages=[{"role": "user", "content": "hi"}]
+    ) as s:
         text = "".join(s.text_stream)
         final = s.get_final_message()
     assert text and final.usage.output_tokens == 4
@@ -143,39 +175,56 @@ def test_sdk_typed_errors(gw: GatewayProc, oai: openai.OpenAI) -> None:
         oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_headers={"x-mock-status": "500"})
     claude_bad = anthropic.Anthropic(base_url=gw.url, api_key="sk-wrong", max_retries=0)
     with pytest.raises(anthropic.AuthenticationError):
-        claude_bad.messages.create(model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+        claude_bad.messages.create(
+            model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     claude = anthropic.Anthropic(base_url=gw.url, api_key="sk-demo", max_retries=0)
     with pytest.raises(anthropic.NotFoundError):
         claude.messages.create(model="nope", max_tokens=5, messages=[{"role": "user", "content": "x"}])
     with pytest.raises(anthropic.InternalServerError) as overloaded:
-        claude.messages.create(model="claude-sonnet", max_tokens=5, messages=[{"role": "user", "content": "x"}],
-                               extra_headers={"x-mock-status": "529"})
+        claude.messages.create(
+            model="claude-sonnet",
+            max_tokens=5,
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-mock-status": "529"},
+        )
     assert overloaded.value.status_code == 529
 
 
 def test_cut_stream_raises_in_the_sdk(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
-    stream = oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=10, stream=True,
-                                         extra_headers={"x-mock-cut-after": "3"})
+    stream = oai.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, max_tokens=10, stream=True, extra_headers={"x-mock-cut-after": "3"}
+    )
     with pytest.raises(openai.APIError):
         list(stream)
-    with pytest.raises(anthropic.APIStatusError), claude.messages.stream(
-            model="claude-sonnet", max_tokens=10, messages=[{"role": "user", "content": "x"}],
-            extra_headers={"x-mock-cut-after": "3"}) as s:
+    with (
+        pytest.raises(anthropic.APIStatusError),
+        claude.messages.stream(
+            model="claude-sonnet",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers={"x-mock-cut-after": "3"},
+        ) as s,
+    ):
         list(s.text_stream)
 
 
 def test_provider_key_is_the_gateways(gw: GatewayProc, mock: MockProvider, oai: openai.OpenAI) -> None:
-    oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2,
-                                extra_headers={"x-request-id": "req-provider-key-check"})
+    oai.chat.completions.create(
+        model="gpt-4o",
+        messages=MESSAGES,
+        max_tokens=2,
+        extra_headers={"x-request-id": "req-provider-key-check"},
+    )
     _, stats, _ = http_json("GET", f"{mock.url}/_mock/stats")
     assert stats["last_auth"] == f"Bearer {PROVIDER_SECRET}"
     assert "sk-demo" not in str(stats["last_headers"])
 
 
 def test_unknown_fields_pass_through(oai: openai.OpenAI, mock: MockProvider) -> None:
-    oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=2,
-                                extra_body={"brand_new_param": {"x": 1}, "top_k": 3})
+    oai.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, max_tokens=2, extra_body={"brand_new_param": {"x": 1}, "top_k": 3}
+    )
     body = http_json("GET", f"{mock.url}/_mock/stats")[1]["last_body"]
     assert body["brand_new_param"] == {"x": 1} and body["top_k"] == 3
     assert body["model"] == "mock-gpt"
-

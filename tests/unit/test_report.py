@@ -45,17 +45,38 @@ def at(iso: str) -> int:
 
 
 def usage(inp: int = 0, cached: int = 0, write: int = 0, out: int = 0, reasoning: int = 0) -> dict[str, int]:
-    return {"input_tokens": inp, "cached_input_tokens": cached, "cache_creation_input_tokens": write,
-            "output_tokens": out, "reasoning_tokens": reasoning}
+    return {
+        "input_tokens": inp,
+        "cached_input_tokens": cached,
+        "cache_creation_input_tokens": write,
+        "output_tokens": out,
+        "reasoning_tokens": reasoning,
+    }
 
 
 def rec(request_id: str, ts: str, team: str, **fields: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
-        "request_id": request_id, "ts_ms": at(ts), "team": team, "key_id": "k1", "tags": {},
-        "operation": "chat", "inbound": "openai", "stream": False, "requested_model": "gpt-4o",
-        "served_model": "gpt-4o", "upstream_model": "gpt-4o-2024-08-06", "provider": "openai",
-        "deployment": "openai-main", "route": "default", "cache": "miss", "status": 200, "usage": {},
-        "cost_nano": 0, "counterfactual_nano": 0, "latency_ms": 12.5, "estimated": False,
+        "request_id": request_id,
+        "ts_ms": at(ts),
+        "team": team,
+        "key_id": "k1",
+        "tags": {},
+        "operation": "chat",
+        "inbound": "openai",
+        "stream": False,
+        "requested_model": "gpt-4o",
+        "served_model": "gpt-4o",
+        "upstream_model": "gpt-4o-2024-08-06",
+        "provider": "openai",
+        "deployment": "openai-main",
+        "route": "default",
+        "cache": "miss",
+        "status": 200,
+        "usage": {},
+        "cost_nano": 0,
+        "counterfactual_nano": 0,
+        "latency_ms": 12.5,
+        "estimated": False,
     }
     base.update(fields)
     return base
@@ -65,39 +86,153 @@ CLAUDE = {"requested_model": "claude-sonnet-4", "served_model": "claude-sonnet-4
 MINI = {"requested_model": "gpt-4o-mini", "served_model": "gpt-4o-mini"}
 
 LEDGER: list[dict[str, Any]] = [
-    rec("r1", "2026-11-01T13:05:00Z", "search", tags={"env": "prod", "app": "web"},
-        usage=usage(1000, 200, 0, 500), cost_nano=7_500_000, counterfactual_nano=7_500_000),
+    rec(
+        "r1",
+        "2026-11-01T13:05:00Z",
+        "search",
+        tags={"env": "prod", "app": "web"},
+        usage=usage(1000, 200, 0, 500),
+        cost_nano=7_500_000,
+        counterfactual_nano=7_500_000,
+    ),
     # routed down: asked for gpt-4o, served gpt-4o-mini; delivered twice
-    rec("r2", "2026-11-01T13:20:00Z", "search", tags={"env": "prod"}, served_model="gpt-4o-mini",
-        route="cheap", usage=usage(2000, out=100), cost_nano=360_000, counterfactual_nano=6_000_000),
-    rec("r2", "2026-11-01T13:20:00Z", "search", tags={"env": "prod"}, served_model="gpt-4o-mini",
-        route="cheap", usage=usage(2000, out=100), cost_nano=360_000, counterfactual_nano=6_000_000),
-    rec("r3", "2026-11-01T14:10:00Z", "search", key_id="k2", tags={"env": "prod"}, cache="hit",
-        usage=usage(1000, out=500), cost_nano=0, counterfactual_nano=7_000_000),
-    rec("r4", "2026-11-01T13:40:00Z", "support", key_id="k3", tags={"env": "staging"}, **CLAUDE,
-        usage=usage(5000, 3000, 1000, 800, 300), cost_nano=9_000_000, counterfactual_nano=9_000_000),
+    rec(
+        "r2",
+        "2026-11-01T13:20:00Z",
+        "search",
+        tags={"env": "prod"},
+        served_model="gpt-4o-mini",
+        route="cheap",
+        usage=usage(2000, out=100),
+        cost_nano=360_000,
+        counterfactual_nano=6_000_000,
+    ),
+    rec(
+        "r2",
+        "2026-11-01T13:20:00Z",
+        "search",
+        tags={"env": "prod"},
+        served_model="gpt-4o-mini",
+        route="cheap",
+        usage=usage(2000, out=100),
+        cost_nano=360_000,
+        counterfactual_nano=6_000_000,
+    ),
+    rec(
+        "r3",
+        "2026-11-01T14:10:00Z",
+        "search",
+        key_id="k2",
+        tags={"env": "prod"},
+        cache="hit",
+        usage=usage(1000, out=500),
+        cost_nano=0,
+        counterfactual_nano=7_000_000,
+    ),
+    rec(
+        "r4",
+        "2026-11-01T13:40:00Z",
+        "support",
+        key_id="k3",
+        tags={"env": "staging"},
+        **CLAUDE,
+        usage=usage(5000, 3000, 1000, 800, 300),
+        cost_nano=9_000_000,
+        counterfactual_nano=9_000_000,
+    ),
     # the write-ahead intent, then the measured completion: the measured one must win
-    rec("r5", "2026-11-01T13:50:00Z", "support", key_id="k3", tags={"env": "staging"}, **CLAUDE,
-        status="in_flight", cost_nano=50_000_000, counterfactual_nano=50_000_000, estimated=True),
-    rec("r5", "2026-11-01T13:50:00Z", "support", key_id="k3", tags={"env": "staging"}, **CLAUDE,
-        usage=usage(400, out=100), cost_nano=2_000_000, counterfactual_nano=2_000_000),
+    rec(
+        "r5",
+        "2026-11-01T13:50:00Z",
+        "support",
+        key_id="k3",
+        tags={"env": "staging"},
+        **CLAUDE,
+        status="in_flight",
+        cost_nano=50_000_000,
+        counterfactual_nano=50_000_000,
+        estimated=True,
+    ),
+    rec(
+        "r5",
+        "2026-11-01T13:50:00Z",
+        "support",
+        key_id="k3",
+        tags={"env": "staging"},
+        **CLAUDE,
+        usage=usage(400, out=100),
+        cost_nano=2_000_000,
+        counterfactual_nano=2_000_000,
+    ),
     # a lease that expired: charged at its reservation, estimated, no usage
-    rec("r6", "2026-11-01T15:00:00Z", "support", key_id="k3", **CLAUDE, status="expired",
-        cost_nano=40_000_000, counterfactual_nano=40_000_000, estimated=True),
+    rec(
+        "r6",
+        "2026-11-01T15:00:00Z",
+        "support",
+        key_id="k3",
+        **CLAUDE,
+        status="expired",
+        cost_nano=40_000_000,
+        counterfactual_nano=40_000_000,
+        estimated=True,
+    ),
     rec("r7", "2026-11-01T15:10:00Z", "search", tags={"env": "prod", "app": "web"}, status=429),
     rec("r8", "2026-11-01T15:20:00Z", "support", key_id="k3", tags={"env": "staging"}, **CLAUDE, status=500),
-    rec("r9", "2026-11-02T00:30:00Z", "support", key_id="k4", **MINI, route="cheap", operation="embeddings",
-        usage=usage(10), cost_nano=1, counterfactual_nano=1),
+    rec(
+        "r9",
+        "2026-11-02T00:30:00Z",
+        "support",
+        key_id="k4",
+        **MINI,
+        route="cheap",
+        operation="embeddings",
+        usage=usage(10),
+        cost_nano=1,
+        counterfactual_nano=1,
+    ),
     # a conflicting replay of r9: both measured, so the first delivery stands
-    rec("r9", "2026-11-02T00:30:00Z", "support", key_id="k4", **MINI, route="cheap", operation="embeddings",
-        usage=usage(10), cost_nano=999, counterfactual_nano=999),
+    rec(
+        "r9",
+        "2026-11-02T00:30:00Z",
+        "support",
+        key_id="k4",
+        **MINI,
+        route="cheap",
+        operation="embeddings",
+        usage=usage(10),
+        cost_nano=999,
+        counterfactual_nano=999,
+    ),
     # routed *up*: asked for gpt-4o-mini, served gpt-4o, so routing "saved" a negative amount
-    rec("r10", "2026-11-01T13:55:00Z", "search", key_id="k2", tags={"env": "prod", "app": "batch"},
-        requested_model="gpt-4o-mini", usage=usage(100, out=50), cost_nano=300, counterfactual_nano=100),
-    rec("r11", "2026-11-30T23:59:59.999+00:00", "search", tags={"env": "prod"},
-        usage=usage(10, out=10), cost_nano=25_000, counterfactual_nano=25_000),
-    rec("r12", "2026-12-01T00:00:00Z", "search", tags={"env": "prod"},
-        usage=usage(20, out=20), cost_nano=50_000, counterfactual_nano=50_000),
+    rec(
+        "r10",
+        "2026-11-01T13:55:00Z",
+        "search",
+        key_id="k2",
+        tags={"env": "prod", "app": "batch"},
+        requested_model="gpt-4o-mini",
+        usage=usage(100, out=50),
+        cost_nano=300,
+        counterfactual_nano=100,
+    ),
+    rec(
+        "r11",
+        "2026-11-30T23:59:59.999+00:00",
+        "search",
+        tags={"env": "prod"},
+        usage=usage(10, out=10),
+        cost_nano=25_000,
+        counterfactual_nano=25_000,
+    ),
+    rec(
+        "r12",
+        "2026-12-01T00:00:00Z",
+        "search",
+        tags={"env": "prod"},
+        usage=usage(20, out=20),
+        cost_nano=50_000,
+        counterfactual_nano=50_000,
+    ),
 ]
 TOTAL_NANO = 58_935_301
 
@@ -118,7 +253,19 @@ def test_fixture_shape() -> None:
 def test_dedupe_prefers_the_measured_record_and_keeps_first_seen_order() -> None:
     kept = {r["request_id"]: r for r in dedupe(LEDGER)}
     assert [r["request_id"] for r in dedupe(LEDGER)] == [
-        "r1", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12"]
+        "r1",
+        "r2",
+        "r3",
+        "r4",
+        "r5",
+        "r6",
+        "r7",
+        "r8",
+        "r9",
+        "r10",
+        "r11",
+        "r12",
+    ]
     assert kept["r5"]["status"] == 200 and kept["r5"]["cost_nano"] == 2_000_000
     assert kept["r9"]["cost_nano"] == 1  # two measured deliveries: the first stands
     assert kept["r6"]["estimated"] is True  # estimated, but the only delivery
@@ -146,14 +293,21 @@ def test_dedupe_does_not_alias_the_input() -> None:
 def test_totals_exact() -> None:
     assert totals(LEDGER) == {
         "requests": 12,
-        "cost_usd": "0.058935301", "cost_nano": TOTAL_NANO,
-        "input_tokens": 9540, "cached_input_tokens": 3200, "cache_creation_input_tokens": 1000,
-        "output_tokens": 2080, "reasoning_tokens": 300,
+        "cost_usd": "0.058935301",
+        "cost_nano": TOTAL_NANO,
+        "input_tokens": 9540,
+        "cached_input_tokens": 3200,
+        "cache_creation_input_tokens": 1000,
+        "output_tokens": 2080,
+        "reasoning_tokens": 300,
         "cache_hits": 1,
-        "cache_savings_usd": "0.007000000", "cache_savings_nano": 7_000_000,
+        "cache_savings_usd": "0.007000000",
+        "cache_savings_nano": 7_000_000,
         # r2 saved 5_640_000, r10 cost 200 more than asked for
-        "routing_savings_usd": "0.005639800", "routing_savings_nano": 5_639_800,
-        "estimated_requests": 1, "estimated_share": "0.0833",  # 1/12
+        "routing_savings_usd": "0.005639800",
+        "routing_savings_nano": 5_639_800,
+        "estimated_requests": 1,
+        "estimated_share": "0.0833",  # 1/12
         "errors": 2,  # 429 and 500; "expired" is not an HTTP error
     }
     assert list(totals(LEDGER)) == list(METRIC_COLUMNS)
@@ -177,8 +331,13 @@ def test_by_team_exact() -> None:
     rows = aggregate(LEDGER, ["team"])
     assert costs(rows, "team") == [("support", 5, 51_000_001), ("search", 7, 7_935_300)]
     support, search = rows
-    assert (support["input_tokens"], support["cached_input_tokens"], support["cache_creation_input_tokens"],
-            support["output_tokens"], support["reasoning_tokens"]) == (5410, 3000, 1000, 900, 300)
+    assert (
+        support["input_tokens"],
+        support["cached_input_tokens"],
+        support["cache_creation_input_tokens"],
+        support["output_tokens"],
+        support["reasoning_tokens"],
+    ) == (5410, 3000, 1000, 900, 300)
     assert (support["estimated_share"], support["errors"], support["cache_hits"]) == ("0.2000", 1, 0)
     assert (search["input_tokens"], search["cached_input_tokens"]) == (4130, 200)
     assert (search["output_tokens"], search["reasoning_tokens"]) == (1180, 0)
@@ -190,19 +349,38 @@ def test_by_team_exact() -> None:
 @pytest.mark.parametrize(
     ("dimension", "expected"),
     [
-        ("model", [("claude-sonnet-4", 4, 51_000_000), ("gpt-4o", 6, 7_575_300),
-                   ("gpt-4o-mini", 2, 360_001)]),
-        ("requested_model", [("claude-sonnet-4", 4, 51_000_000), ("gpt-4o", 6, 7_935_000),
-                             ("gpt-4o-mini", 2, 301)]),
+        (
+            "model",
+            [("claude-sonnet-4", 4, 51_000_000), ("gpt-4o", 6, 7_575_300), ("gpt-4o-mini", 2, 360_001)],
+        ),
+        (
+            "requested_model",
+            [("claude-sonnet-4", 4, 51_000_000), ("gpt-4o", 6, 7_935_000), ("gpt-4o-mini", 2, 301)],
+        ),
         ("provider", [("anthropic", 4, 51_000_000), ("openai", 8, 7_935_301)]),
         ("key", [("k3", 4, 51_000_000), ("k1", 5, 7_935_000), ("k2", 2, 300), ("k4", 1, 1)]),
         ("route", [("default", 10, 58_575_300), ("cheap", 2, 360_001)]),
         ("operation", [("chat", 11, 58_935_300), ("embeddings", 1, 1)]),
-        ("day", [("2026-11-01", 9, 58_860_300), ("2026-12-01", 1, 50_000), ("2026-11-30", 1, 25_000),
-                 ("2026-11-02", 1, 1)]),
-        ("hour", [("2026-11-01T15:00:00Z", 3, 40_000_000), ("2026-11-01T13:00:00Z", 5, 18_860_300),
-                  ("2026-12-01T00:00:00Z", 1, 50_000), ("2026-11-30T23:00:00Z", 1, 25_000),
-                  ("2026-11-02T00:00:00Z", 1, 1), ("2026-11-01T14:00:00Z", 1, 0)]),
+        (
+            "day",
+            [
+                ("2026-11-01", 9, 58_860_300),
+                ("2026-12-01", 1, 50_000),
+                ("2026-11-30", 1, 25_000),
+                ("2026-11-02", 1, 1),
+            ],
+        ),
+        (
+            "hour",
+            [
+                ("2026-11-01T15:00:00Z", 3, 40_000_000),
+                ("2026-11-01T13:00:00Z", 5, 18_860_300),
+                ("2026-12-01T00:00:00Z", 1, 50_000),
+                ("2026-11-30T23:00:00Z", 1, 25_000),
+                ("2026-11-02T00:00:00Z", 1, 1),
+                ("2026-11-01T14:00:00Z", 1, 0),
+            ],
+        ),
         ("tag:env", [("", 2, 40_000_001), ("staging", 3, 11_000_000), ("prod", 7, 7_935_300)]),
         ("tag:app", [("", 9, 51_435_001), ("web", 2, 7_500_000), ("batch", 1, 300)]),
     ],
@@ -217,8 +395,11 @@ def test_every_partitioning_dimension(dimension: str, expected: list[tuple[Any, 
 def test_tag_dimension_counts_a_record_once_per_tag() -> None:
     rows = aggregate(LEDGER, ["tag"])
     assert costs(rows, "tag") == [
-        ("", 2, 40_000_001), ("env=staging", 3, 11_000_000), ("env=prod", 7, 7_935_300),
-        ("app=web", 2, 7_500_000), ("app=batch", 1, 300),
+        ("", 2, 40_000_001),
+        ("env=staging", 3, 11_000_000),
+        ("env=prod", 7, 7_935_300),
+        ("app=web", 2, 7_500_000),
+        ("app=batch", 1, 300),
     ]
     # r1, r7, r10 carry two tags each, so they are counted twice
     assert sum(row["cost_nano"] for row in rows) == TOTAL_NANO + 7_500_300
@@ -228,8 +409,10 @@ def test_tag_dimension_counts_a_record_once_per_tag() -> None:
 def test_two_dimensions_and_sort_order() -> None:
     rows = aggregate(LEDGER, ["team", "model"])
     assert costs(rows, "team", "model") == [
-        ("support", "claude-sonnet-4", 4, 51_000_000), ("search", "gpt-4o", 6, 7_575_300),
-        ("search", "gpt-4o-mini", 1, 360_000), ("support", "gpt-4o-mini", 1, 1),
+        ("support", "claude-sonnet-4", 4, 51_000_000),
+        ("search", "gpt-4o", 6, 7_575_300),
+        ("search", "gpt-4o-mini", 1, 360_000),
+        ("support", "gpt-4o-mini", 1, 1),
     ]
     assert list(rows[0])[:2] == ["team", "model"]
     assert sum(row["cost_nano"] for row in rows) == TOTAL_NANO
@@ -296,8 +479,10 @@ def test_render_json_round_trips_money_as_strings() -> None:
 
 def test_focus_rows_exact() -> None:
     rows = focus_rows(LEDGER)
-    summary = [(r["ChargePeriodStart"], r["SubAccountId"], r["ResourceId"], r["BilledCost"],
-                r["ConsumedQuantity"]) for r in rows]
+    summary = [
+        (r["ChargePeriodStart"], r["SubAccountId"], r["ResourceId"], r["BilledCost"], r["ConsumedQuantity"])
+        for r in rows
+    ]
     assert summary == [
         ("2026-11-01T13:00:00Z", "search", "gpt-4o", "0.007500300", "1650"),
         ("2026-11-01T13:00:00Z", "search", "gpt-4o-mini", "0.000360000", "2100"),
@@ -317,18 +502,27 @@ def test_focus_row_columns() -> None:
     first, claude, late = rows[0], rows[2], rows[7]
     assert list(first) == FOCUS_COLUMNS
     assert first["ChargePeriodEnd"] == "2026-11-01T14:00:00Z"
-    assert (first["BillingPeriodStart"], first["BillingPeriodEnd"]) == ("2026-11-01T00:00:00Z",
-                                                                        "2026-12-01T00:00:00Z")
+    assert (first["BillingPeriodStart"], first["BillingPeriodEnd"]) == (
+        "2026-11-01T00:00:00Z",
+        "2026-12-01T00:00:00Z",
+    )
     assert first["BilledCost"] == first["EffectiveCost"] == first["ListCost"] == first["ContractedCost"]
     assert first["PricingQuantity"] == first["ConsumedQuantity"]
     assert (first["ConsumedUnit"], first["PricingUnit"]) == ("Tokens", "Tokens")
-    assert (first["ChargeCategory"], first["ChargeClass"], first["ChargeFrequency"]) == ("Usage", None,
-                                                                                          "Usage-Based")
+    assert (first["ChargeCategory"], first["ChargeClass"], first["ChargeFrequency"]) == (
+        "Usage",
+        None,
+        "Usage-Based",
+    )
     assert first["ChargeDescription"] == "LLM tokens: gpt-4o for team search"
     assert first["ServiceCategory"] == "AI and Machine Learning"
     assert first["ServiceSubcategory"] == "Generative AI"
-    assert (first["ServiceName"], first["ProviderName"], first["PublisherName"],
-            first["InvoiceIssuerName"]) == ("OpenAI API", "OpenAI", "OpenAI", "OpenAI")
+    assert (
+        first["ServiceName"],
+        first["ProviderName"],
+        first["PublisherName"],
+        first["InvoiceIssuerName"],
+    ) == ("OpenAI API", "OpenAI", "OpenAI", "OpenAI")
     assert (first["SkuId"], first["SkuPriceId"]) == ("gpt-4o", "gpt-4o:tokens")
     assert first["ResourceId"] == first["ResourceName"] == "gpt-4o" and first["ResourceType"] == "LLM Model"
     assert (first["RegionId"], first["RegionName"], first["BillingCurrency"]) == (None, None, "USD")
@@ -343,8 +537,10 @@ def test_focus_row_columns() -> None:
     assert jsonutil.loads(rows[5]["Tags"]) == {"team": "support"} and rows[5]["x_EstimatedShare"] == "0.5000"
     assert rows[3]["x_CacheSavings"] == "0.007000000"
     assert late["ChargePeriodEnd"] == late["BillingPeriodEnd"] == "2026-12-01T00:00:00Z"
-    assert (rows[8]["BillingPeriodStart"], rows[8]["BillingPeriodEnd"]) == ("2026-12-01T00:00:00Z",
-                                                                            "2027-01-01T00:00:00Z")
+    assert (rows[8]["BillingPeriodStart"], rows[8]["BillingPeriodEnd"]) == (
+        "2026-12-01T00:00:00Z",
+        "2027-01-01T00:00:00Z",
+    )
 
 
 def test_focus_options_and_provider_names() -> None:
@@ -423,8 +619,12 @@ def test_parse_since_until() -> None:
     # a naive date-time is UTC; surrounding spaces are ignored
     assert parse_since_until("2026-11-01T00:00:00", " 2026-11-01T00:00:00.001Z ") == (nov, nov + 1)
     assert parse_since_until("2026-11-01T02:00:00+02:00", "2026-11-01T01:00:00Z") == (nov, nov + 3_600_000)
-    for since, until in [("2026-12-01", "2026-11-01"), ("2026-11-01", "2026-11-01"), ("soon", "2026-11-01"),
-                         ("2026-13-01", "2026-12-01")]:
+    for since, until in [
+        ("2026-12-01", "2026-11-01"),
+        ("2026-11-01", "2026-11-01"),
+        ("soon", "2026-11-01"),
+        ("2026-13-01", "2026-12-01"),
+    ]:
         with pytest.raises(ValueError):
             parse_since_until(since, until)
 
@@ -440,9 +640,19 @@ def test_filter_window_is_half_open() -> None:
 records_strategy = st.lists(
     st.builds(
         lambda rid, team, model, tags, cost, cf, est, cache, ts, status, inp, out: rec(
-            f"r{rid}", "2026-11-01T00:00:00Z", team, served_model=model, tags=tags, cost_nano=cost,
-            counterfactual_nano=cf, estimated=est, cache=cache, ts_ms=ts, status=status,
-            usage={} if est else usage(inp, out=out)),
+            f"r{rid}",
+            "2026-11-01T00:00:00Z",
+            team,
+            served_model=model,
+            tags=tags,
+            cost_nano=cost,
+            counterfactual_nano=cf,
+            estimated=est,
+            cache=cache,
+            ts_ms=ts,
+            status=status,
+            usage={} if est else usage(inp, out=out),
+        ),
         st.integers(0, 25),
         st.sampled_from(["a", "b", "c"]),
         st.sampled_from(["m1", "m2", "m3"]),
