@@ -255,7 +255,7 @@ class Run:
         self, spec: ScenarioSpec, upstream: str, workers: int = 1, cpus: str | None = None
     ) -> Child:
         template = self.args.gateway_cmd or DEFAULT_GATEWAY_CMD
-        config = CONFIGS / spec.config
+        config = self.args.configs_dir / spec.config
         if "{config}" in template and not config.exists():
             raise StartupError(f"gateway config {config} does not exist")
         port = self.sup.free_port()
@@ -678,6 +678,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", help=f"comma list from {', '.join(SCENARIOS)} (default: all but soak)")
     p.add_argument("--duration", type=float, help="seconds per measurement (overrides the defaults)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
+    p.add_argument("--configs-dir", type=Path, default=CONFIGS, help="gateway configs (full.yaml, many_keys.yaml)")
     p.add_argument(
         "--upstream",
         choices=("auto", "nginx", "mock"),

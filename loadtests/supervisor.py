@@ -156,12 +156,14 @@ def _signal_group(pgid: int, sig: int) -> None:
 
 @contextlib.contextmanager
 def terminating_signals() -> Iterator[None]:
-    """Turn SIGTERM/SIGHUP into SystemExit so `finally` blocks run and children are stopped."""
+    """Turn SIGTERM/SIGHUP into SystemExit, and make SIGINT raise KeyboardInterrupt even when the
+    parent shell ignored it (background jobs), so `finally` blocks run and children are stopped."""
 
     def _exit(signum: int, _frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
 
     previous = {sig: signal.signal(sig, _exit) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous[signal.SIGINT] = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         yield
     finally:
