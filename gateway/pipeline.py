@@ -40,7 +40,6 @@ from gateway.tasks import TaskGroup
 
 log = logging.getLogger("gateway.request")
 
-_LEASE_GRACE_MS = 60_000
 
 
 @dataclass(slots=True)
@@ -395,7 +394,7 @@ class Pipeline:
             flexible=flexible,
             rates=max_rates(chain),
             intent=skeleton,
-            lease_ttl_ms=timeout_ms + _LEASE_GRACE_MS,
+            lease_ttl_ms=timeout_ms + int(self.config.source.store.lease_grace_s * 1000),
         )
 
     # ------------------------------------------------------------------ upstream

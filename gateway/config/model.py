@@ -53,6 +53,9 @@ class StoreConfig(Strict):
     pool_size: int = Field(64, ge=1, le=10_000)
     expected_replicas: int = Field(1, ge=1, description="divides the fail-open guard")
     socket_timeout_s: float = Field(0.5, gt=0)
+    lease_grace_s: float = Field(
+        60.0, ge=0, description="a reservation outlives the request deadline by this much before it is charged in full"
+    )
 
 
 # ---------------------------------------------------------------- providers and models
