@@ -22,6 +22,7 @@ from gateway.config.load import load_config
 from gateway.config.runtime import Config, Principal
 from gateway.config.yamlsource import ConfigError
 from gateway.dispatch import Dispatcher
+from gateway.ids import RequestIds
 from gateway.metering.tokens import TokenCounter, preload
 from gateway.observability.metrics import Metrics
 from gateway.periods import period_bounds, period_seconds
@@ -63,6 +64,7 @@ class Gateway:
         self.metrics = metrics or Metrics()
         self.store = store or make_store(config)
         self.tasks = TaskGroup()
+        self.ids = RequestIds()
         self.auth = Authenticator(self.store, lambda: self.config)
         self.budget = BudgetManager(self.store, self.metrics, config.source.store.expected_replicas)
         self.cache = ResponseCache(self.store, config.source.cache, self.metrics)

@@ -11,6 +11,7 @@ HTTP server: the edge turns a ``Reply`` or ``StreamReply`` into a response.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -25,7 +26,7 @@ from gateway.cache import CacheDecision, ResponseCache, cache_key, decide
 from gateway.cache_codec import CacheEntry, replay_body, replay_stream
 from gateway.config.runtime import Config, DeploymentSpec, ModelSpec, Principal
 from gateway.dispatch import Dispatched, Dispatcher
-from gateway.errors import BudgetExceeded, ModelNotFound, PolicyDenied
+from gateway.errors import BudgetExceeded, GatewayError, ModelNotFound, PolicyDenied
 from gateway.metering import ledger
 from gateway.metering.pricing import Rates, cost_nano, nano_to_usd_str
 from gateway.metering.tokens import TokenCounter, byte_upper_bound_chat, byte_upper_bound_text
@@ -44,12 +45,13 @@ log = logging.getLogger("gateway.request")
 
 @dataclass(slots=True)
 class RequestContext:
-    request_id: str
+    request_id: str  # the gateway's own, unique: keys the lease and the ledger record
     inbound: str  # the client's wire format: "openai" | "anthropic"
     operation: str  # chat | text_completion | embeddings
     body: dict[str, Any]
     headers: Mapping[str, str]  # lower-case names
     api_key: str | None
+    client_request_id: str | None = None
     started: float = field(default_factory=time.perf_counter)
     started_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     principal: Principal | None = None
@@ -375,6 +377,7 @@ class Pipeline:
         first = chain[0].deployments[0]
         skeleton = ledger.intent(
             request_id=ctx.request_id,
+            client_request_id=ctx.client_request_id,
             ts_ms=ctx.started_ms,
             team=ctx.principal.team.name,
             key_id=ctx.principal.key_id,
@@ -434,8 +437,8 @@ class Pipeline:
                 client_headers=ctx.headers,
                 request_id=ctx.request_id,
             )
-        except BaseException:
-            self._release(ctx, upstream_started)
+        except BaseException as exc:
+            self._release(ctx, upstream_started, _failure_status(exc))
             raise
         ctx.served = sent.deployment
         if ctx.stream:
@@ -450,8 +453,11 @@ class Pipeline:
             return True  # cannot prove it overflows: let the provider decide (and fall back on its 400)
         return self._exact_prompt_tokens(ctx, model.deployments[0].upstream_model) <= model.context_window
 
-    def _release(self, ctx: RequestContext, upstream_started: float) -> None:
-        """No upstream answer: the reservation is released at $0 (nothing was served)."""
+    def _release(self, ctx: RequestContext, upstream_started: float, status: int) -> None:
+        """No upstream answer: the reservation is released at $0 (nothing was served).
+
+        ``status`` is what the client is answered, so the ledger's error counts match what callers saw.
+        """
         assert ctx.principal is not None and ctx.reservation is not None
         ctx.upstream_s = time.perf_counter() - upstream_started
         chain_first = ctx.decision.chain[0] if ctx.decision and ctx.decision.chain else ctx.requested_model
@@ -462,7 +468,7 @@ class Pipeline:
             provider="",
             deployment="",
             cache=ctx.cache,
-            status=502,
+            status=status,
             usage=Usage(),
             cost=0,
             counterfactual=0,
@@ -474,6 +480,7 @@ class Pipeline:
         assert ctx.principal is not None
         return ledger.intent(
             request_id=ctx.request_id,
+            client_request_id=ctx.client_request_id,
             ts_ms=ctx.started_ms,
             team=ctx.principal.team.name,
             key_id=ctx.principal.key_id,
@@ -493,8 +500,8 @@ class Pipeline:
         try:
             raw = await sent.reply.read()
             data, parsed, usage = convert_body(ctx.inbound, sent.call.wire, raw, sent.model.name)
-        except BaseException:
-            self._release(ctx, upstream_started)
+        except BaseException as exc:
+            self._release(ctx, upstream_started, _failure_status(exc))
             raise
         ctx.upstream_s = time.perf_counter() - upstream_started
         if usage is None:
@@ -594,13 +601,17 @@ class Pipeline:
             else self._exact_prompt_tokens(ctx, model)
         )
         output = self.counter.count_text(delivered, model) if delivered else 0
-        if reported is not None:
-            output = max(output, reported.output_tokens)
+        if reported is None:
+            return Usage(input_tokens=prompt, output_tokens=output, estimated=True)
+        # Keep every split the provider already reported (Anthropic's message_start carries the cache
+        # reads and writes): dropping one would price those tokens at the plain input rate.
         return Usage(
             input_tokens=prompt,
-            output_tokens=output,
+            cached_input_tokens=reported.cached_input_tokens,
+            cache_creation_input_tokens=reported.cache_creation_input_tokens,
+            output_tokens=max(output, reported.output_tokens),
+            reasoning_tokens=reported.reasoning_tokens,
             estimated=True,
-            cached_input_tokens=reported.cached_input_tokens if reported else 0,
         )
 
     def _settle(self, ctx: RequestContext, sent: Dispatched, usage: Usage, status: int) -> None:
@@ -711,6 +722,15 @@ class Pipeline:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _failure_status(exc: BaseException) -> int:
+    """The status the client sees for a request that failed before anything was served."""
+    if isinstance(exc, GatewayError):
+        return exc.status
+    if isinstance(exc, asyncio.CancelledError):
+        return 499  # the client went away while the gateway waited upstream
+    return 502
 
 
 def _wire(inbound: str) -> Literal["openai", "anthropic"]:

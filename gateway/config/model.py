@@ -28,8 +28,8 @@ class Strict(BaseModel):
 
 class Timeouts(Strict):
     connect_s: float = Field(5.0, gt=0)
-    first_byte_s: float = Field(120.0, gt=0, description="upstream response headers / first stream chunk")
-    idle_s: float = Field(60.0, gt=0, description="max gap between stream chunks")
+    first_byte_s: float = Field(120.0, gt=0, description="max wait for a non-streamed answer (each read)")
+    idle_s: float = Field(60.0, gt=0, description="max silence on a stream, before its first chunk included")
     total_s: float = Field(600.0, gt=0, description="overall deadline per request, retries included")
 
 

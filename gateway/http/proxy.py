@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import jsonutil
 from gateway.core import Gateway
@@ -32,11 +32,16 @@ _SSE_HEADERS = {
 }
 
 
-def request_id_of(request: web.Request) -> str:
+def client_request_id(request: web.Request) -> str | None:
+    """The caller's own request id (echoed back and kept in the ledger), if it sent a sane one."""
     given = request.headers.get("x-request-id") or request.headers.get("request-id")
     if given and len(given) <= 128 and given.isprintable():
         return given
-    return "req_" + secrets.token_hex(12)
+    return None
+
+
+def request_id_of(request: web.Request) -> str:
+    return client_request_id(request) or request.app[GATEWAY].ids.next()
 
 
 def api_key_of(request: web.Request) -> str | None:
@@ -47,13 +52,27 @@ def api_key_of(request: web.Request) -> str | None:
     return request.headers.get("x-api-key") or request.headers.get("api-key")
 
 
-async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+# orjson parses up to 1024 levels of nesting but encodes at most 253: a body between the two
+# would parse, then fail when forwarded (or hashed for the cache). Real requests never come close.
+MAX_JSON_DEPTH = 253
+
+
+async def read_body(request: web.Request, limit: int) -> bytearray:
+    """The whole body, or ``BodyTooLarge`` as soon as it exceeds ``limit`` (chunked uploads too:
+    ``StreamReader.read(n)`` returns what has arrived so far, so read until EOF)."""
     length = request.content_length
     if length is not None and length > limit:
         raise BodyTooLarge(f"request body is {length} bytes; the limit is {limit}")
-    raw = await request.content.read(limit + 1)
-    if len(raw) > limit:
-        raise BodyTooLarge(f"request body exceeds the {limit}-byte limit")
+    raw = bytearray()
+    while chunk := await request.content.read(limit + 1 - len(raw)):
+        raw += chunk
+        if len(raw) > limit:
+            raise BodyTooLarge(f"request body exceeds the {limit}-byte limit")
+    return raw
+
+
+async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
+    raw = await read_body(request, limit)
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
@@ -62,7 +81,25 @@ async def read_json(request: web.Request, limit: int) -> dict[str, Any]:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    try:  # encoding is ~8x faster than the parse just done (10 us per 100 KB): cheaper than a walk
+        jsonutil.dumps(body)
+    except TypeError:
+        raise InvalidRequest(
+            f"the request body is nested too deeply (at most {MAX_JSON_DEPTH} levels)"
+        ) from None
     return body
+
+
+def end_to_end_headers(headers: CIMultiDictProxy[str]) -> CIMultiDictProxy[str]:
+    """Drop the headers the client's ``Connection`` header names: they are hop-by-hop for this
+    connection only (RFC 9110 7.6.1) and must never be forwarded, whatever the allow-list says."""
+    named = {
+        token.strip().lower() for value in headers.getall("connection", ()) for token in value.split(",")
+    }
+    named -= {"", "close", "keep-alive"}
+    if not named:
+        return headers
+    return CIMultiDictProxy(CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in named))
 
 
 def _id_headers(wire: str, request_id: str) -> dict[str, str]:
@@ -81,7 +118,11 @@ def error_response(err: GatewayError, wire: str, request_id: str) -> web.Respons
 
 async def handle_llm(request: web.Request, wire: str, operation: str) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
-    request_id = request_id_of(request)
+    # The gateway's own id keys the lease and the ledger record, so a client that reuses an id can never
+    # collide with another request; the caller's id is what the response echoes.
+    internal_id = gateway.ids.next()
+    client_id = client_request_id(request)
+    request_id = client_id or internal_id
     ctx: RequestContext | None = None
     try:
         body = await read_json(request, gateway.config.source.server.max_body_bytes)
@@ -90,11 +131,12 @@ async def handle_llm(request: web.Request, wire: str, operation: str) -> web.Str
             raise AuthenticationFailed("missing API key: send `Authorization: Bearer <virtual key>`")
         CHECKS[(wire, operation)](body)
         ctx = RequestContext(
-            request_id=request_id,
+            request_id=internal_id,
+            client_request_id=client_id,
             inbound=wire,
             operation=operation,
             body=body,
-            headers=request.headers,
+            headers=end_to_end_headers(request.headers),
             api_key=key,
         )
         result = await gateway.pipeline.handle(ctx)

@@ -131,12 +131,12 @@ class UpstreamReply:
         self._response = response
         self._timeouts = timeouts
         self.status = response.status
-        self.headers = {k.lower(): v for k, v in response.headers.items()}
         self._stream: AsyncIterator[bytes] | None = None
 
     async def read(self) -> bytes:
+        """The whole body (the session's ``sock_read`` timeout bounds each wait)."""
         try:
-            return await asyncio.wait_for(self._response.read(), self._timeouts.first_byte_s)
+            return await self._response.read()
         except TimeoutError as exc:
             raise UpstreamTimeout("upstream timed out reading the response") from exc
         except (aiohttp.ClientError, OSError) as exc:
@@ -151,12 +151,12 @@ class UpstreamReply:
         return self._stream
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        """Body chunks as they arrive; an idle gap longer than ``idle_s`` is a timeout."""
+        """Body chunks as they arrive; a silence longer than ``idle_s`` (``sock_read``) is a timeout."""
         content = self._response.content
         try:
             while True:
                 try:
-                    chunk = await asyncio.wait_for(content.readany(), self._timeouts.idle_s)
+                    chunk = await content.readany()
                 except TimeoutError as exc:
                     raise UpstreamTimeout("upstream stream stalled") from exc
                 except (aiohttp.ClientError, OSError) as exc:
@@ -194,22 +194,24 @@ class UpstreamClient:
             await self._session.close()
 
     async def send(self, call: UpstreamCall, adapter: Adapter, timeouts: Timeouts) -> UpstreamReply:
+        """POST the call. aiohttp's own timers bound every wait (no ``asyncio.wait_for`` per request):
+        ``first_byte_s`` for a whole answer, ``idle_s`` for each silence of a stream (its first one too)."""
         assert self._session is not None, "UpstreamClient.start() was not awaited"
         timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeouts.connect_s, sock_connect=timeouts.connect_s
+            total=None,
+            connect=timeouts.connect_s,
+            sock_connect=timeouts.connect_s,
+            sock_read=timeouts.idle_s if call.stream else timeouts.first_byte_s,
         )
         try:
-            response = await asyncio.wait_for(
-                self._session.post(call.url, data=call.payload, headers=call.headers, timeout=timeout),
-                timeouts.first_byte_s,
-            )
+            response = await self._session.post(call.url, data=call.payload, headers=call.headers, timeout=timeout)
         except TimeoutError as exc:
             raise UpstreamTimeout("upstream did not answer in time") from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(f"upstream connection failed: {exc.__class__.__name__}") from exc
         if response.status >= 400:
             try:
-                body = await asyncio.wait_for(response.read(), timeouts.first_byte_s)
+                body = await response.read()
             except (TimeoutError, aiohttp.ClientError, OSError):
                 body = b""
             finally:
