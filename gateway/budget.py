@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
@@ -38,6 +39,8 @@ from gateway.store.base import (
 )
 
 log = logging.getLogger("gateway.budget")
+
+_BATCH = 256
 
 
 @dataclass(slots=True)
@@ -276,6 +279,26 @@ class BudgetManager:
 
     # ------------------------------------------------------------------ settle
 
+    def submit(self, res: Reservation, cost_nano: int, tokens: int, record: dict[str, Any]) -> None:
+        """The hot path's settle: queue it and return. One flusher task writes queued settlements in
+        batches (one store round trip per batch); failures stay queued and are retried, never dropped."""
+        if res.mode == "local":
+            self.guard.adjust(res.scopes, cost_nano - res.reserved_nano)
+            self._queue_record(res.team, record, cost_nano, tokens, res.scopes)
+            return
+        if res.mode == "none":
+            self._queue_record(res.team, record, cost_nano, tokens, [])
+            return
+        self.pending_settles.append(Settlement(team=res.team, lease_id=res.lease_id, cost_nano=cost_nano,
+                                               tokens=tokens, record=record, now_ms=int(time.time() * 1000)))
+        self._ensure_reconciler()
+
+    def submit_record(
+        self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
+    ) -> None:
+        """A lease-less charge (a cache hit at $0), queued like ``submit``; deduplicated by request id."""
+        self._queue_record(team, record, cost_nano, tokens, scopes)
+
     async def settle(self, res: Reservation, cost_nano: int, tokens: int, record: dict[str, Any]) -> None:
         """Off the response's critical path. Never loses a record: failures are queued and retried."""
         if res.mode == "local":
@@ -325,7 +348,6 @@ class BudgetManager:
         self._ensure_reconciler()
 
     def _ensure_reconciler(self) -> None:
-        self.metrics.ledger_pending.labels().set(len(self.pending) + len(self.pending_settles))
         if self._reconciler is None or self._reconciler.done():
             self._reconciler = asyncio.get_running_loop().create_task(
                 self._reconcile(), name="budget-reconcile"
@@ -338,21 +360,30 @@ class BudgetManager:
                 await self.flush_once()
                 delay = 0.05
             except StoreError:
+                self.metrics.store_errors.labels("settle").inc()
+                self.metrics.ledger_pending.labels().set(len(self.pending) + len(self.pending_settles))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self.metrics.ledger_pending.labels().set(0)
 
     async def flush_once(self) -> None:
+        """Write queued settlements and records in batches. Safe to repeat after a partial failure:
+        a settle whose lease is gone is a no-op and records are deduplicated by request id."""
         while self.pending_settles:
-            await self.store.settle(self.pending_settles[0])
-            self.pending_settles.popleft()
+            batch = list(itertools.islice(self.pending_settles, _BATCH))
+            results = await self.store.settle_many(batch)
+            for settlement, settled in zip(batch, results, strict=True):
+                self.pending_settles.popleft()
+                if not settled:
+                    log.warning("lease %s had already expired into spend; actual cost %s not applied twice",
+                                settlement.lease_id, nano_to_usd_str(settlement.cost_nano))
         while self.pending:
-            team, record, cost, tokens, scopes = self.pending[0]
-            await self.store.record(team, record, cost, tokens, scopes)
-            self.pending.popleft()
-            if scopes:
-                self.guard.adjust(scopes, -cost)  # now counted in the store, not only here
-        self.metrics.ledger_pending.labels().set(0)
+            batch_records = list(itertools.islice(self.pending, _BATCH))
+            await self.store.record_many([(t, r, c, n, s) for t, r, c, n, s in batch_records])
+            for _team, _record, cost, _tokens, scopes in batch_records:
+                self.pending.popleft()
+                if scopes:
+                    self.guard.adjust(scopes, -cost)  # now counted in the store, not only here
 
     async def drain(self, timeout: float) -> None:
         """Graceful shutdown: write what is queued, within the deadline."""

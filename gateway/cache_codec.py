@@ -1,8 +1,10 @@
 """Response-cache entries: the stored shape, its byte encoding, and replay in either mode (pure, no I/O).
 
 Entries are kept in the client's wire format, so a hit needs no translation; a hit in the other mode turns a
-body into a synthesized stream or assembles a stream into a body. Stored streams replay byte-for-byte: only
-OpenAI's usage chunk and ``[DONE]`` are regenerated, because whether usage is wanted varies per request.
+body into a synthesized stream or assembles a stream into a body. Stored streams replay byte-for-byte. Only
+OpenAI's usage chunk and ``[DONE]`` vary per request, because whether usage is wanted does: a stored stream
+ends with the upstream's usage chunk if its first client asked for one; it is replayed verbatim to a client
+that wants usage, dropped for one that does not, and synthesized from the entry's usage when none was stored.
 """
 
 from __future__ import annotations
@@ -62,8 +64,8 @@ class CacheEntry:
     wire: Wire
     operation: str  # "chat" | "text_completion" | "embeddings"
     body: bytes = b""  # kind "body": the response body exactly as the client received it
-    # kind "stream": complete SSE events as sent to the client; for OpenAI without the usage-only chunk
-    # and without the [DONE] terminator (replay_stream adds them per request)
+    # kind "stream": complete SSE events as sent to the client; for OpenAI without the [DONE] terminator and
+    # possibly ending with the usage-only chunk (replay_stream adds or drops both per request)
     events: list[bytes] = field(default_factory=list)
     usage: dict[str, Any] = field(default_factory=dict)  # Usage.as_dict()
     served_model: str = ""
@@ -181,21 +183,29 @@ def replay_stream(entry: CacheEntry, include_usage: bool, request_id: str | None
         events = _anthropic_events(_load_body(entry), entry, request_id)
         return [format_anthropic_sse(name, data) for name, data in events]
     chat = entry.operation == "chat"
+    stored_usage: bytes | None = None
     if entry.kind == "stream":
         source = _first_chunk(data for _, data in _parse_events(entry.events))
+        out, stored_usage = _split_usage_chunk(entry.events)
     else:
         source = _load_body(entry)
     head = _openai_head(source, entry, "chat.completion.chunk" if chat else "text_completion", request_id)
-    if entry.kind == "stream":
-        out = list(entry.events)
-    else:
+    if entry.kind == "body":
         chunk_head = {**head, "usage": None} if include_usage else head  # OpenAI's include_usage shape
         chunks = _chat_chunks(source, chunk_head) if chat else _completion_chunks(source, chunk_head)
         out = [format_openai_sse(chunk) for chunk in chunks]
     if include_usage:
-        out.append(format_openai_sse({**head, "choices": [], "usage": to_openai(_usage(entry))}))
+        usage_chunk = {**head, "choices": [], "usage": to_openai(_usage(entry))}
+        out.append(stored_usage or format_openai_sse(usage_chunk))
     out.append(OPENAI_SSE_DONE)
     return out
+
+
+def _split_usage_chunk(events: list[bytes]) -> tuple[list[bytes], bytes | None]:
+    """(the content events, the trailing usage-only chunk or None): OpenAI sends usage last, before [DONE]."""
+    if events and any(is_openai_usage_chunk(data) for _, data in _parse_events(events[-1:])):
+        return list(events[:-1]), events[-1]
+    return list(events), None
 
 
 def _first_chunk(chunks: Iterable[JSONDict]) -> JSONDict:

@@ -39,7 +39,7 @@ from gateway.providers.base import (
     UpstreamReply,
     outgoing_headers,
 )
-from gateway.routing import Router
+from gateway.routing import OPEN, Router
 
 BodyFor = Callable[[ModelSpec, DeploymentSpec], dict[str, Any]]
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
@@ -163,7 +163,7 @@ class Dispatcher:
                     first = await _first_chunk(reply) if stream else b""
                 except UpstreamStatusError as err:
                     attempts.append((model.name, err))
-                    self._failed(deployment, err)
+                    state = self._failed(deployment, err)
                     if _is_context_overflow(err):
                         return None  # the next model may have a larger window
                     if not err.retryable:
@@ -171,19 +171,28 @@ class Dispatcher:
                     delay = self._delay(retry, attempt, err.retry_after_s)
                 except (UpstreamTimeout, UpstreamError) as err:
                     attempts.append((model.name, err))
-                    self._failed(deployment, err)
+                    state = self._failed(deployment, err)
                     delay = self._delay(retry, attempt, None)
                 else:
-                    self.router.record(deployment.id, True, time.monotonic() - started)
+                    self._succeeded(deployment, time.monotonic() - started)
                     return Dispatched(deployment, model, call, reply, first, started)
                 if delay is None or attempt + 1 >= retry.max_attempts:
                     break
+                if state == OPEN and not panic:
+                    break  # this failure opened the circuit: do not retry into it
                 if time.monotonic() + delay >= deadline:
                     return None
                 await asyncio.sleep(delay)
         return None
 
-    def _failed(self, deployment: DeploymentSpec, err: GatewayError) -> None:
+    def _succeeded(self, deployment: DeploymentSpec, latency_s: float) -> None:
+        before = self.router.state(deployment.id)
+        after = self.router.record(deployment.id, True, latency_s)
+        if after != before:  # a probe closed the circuit
+            self.metrics.breaker_state.labels(deployment.id).set(1 if after == OPEN else 0)
+
+    def _failed(self, deployment: DeploymentSpec, err: GatewayError) -> str:
+        """Count the failure; returns the deployment's breaker state afterwards."""
         kind = (
             "timeout"
             if isinstance(err, UpstreamTimeout)
@@ -191,9 +200,10 @@ class Dispatcher:
         )
         self.metrics.upstream_errors.labels(deployment.provider.system, deployment.logical, kind).inc()
         if isinstance(err, UpstreamStatusError) and not err.retryable:
-            return  # the client's mistake says nothing about the deployment's health
+            return self.router.state(deployment.id)  # the client's mistake says nothing about its health
         state = self.router.record(deployment.id, False)
-        self.metrics.breaker_state.labels(deployment.id).set(1 if state == "open" else 0)
+        self.metrics.breaker_state.labels(deployment.id).set(1 if state == OPEN else 0)
+        return state
 
     def _delay(self, retry: RetryConfig, attempt: int, retry_after: float | None) -> float | None:
         """Seconds to wait before retrying this deployment, or None to move on."""

@@ -3,6 +3,7 @@ rollover is simply the first write to a new key: atomic, and the closed period s
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -37,7 +38,7 @@ def seconds_until_reset(period: str, now: datetime) -> int | None:
     if period == "total":
         return None
     _, _, end = period_bounds(period, now)
-    return max(1, int((end - now).total_seconds() + 0.999))
+    return max(1, math.ceil((end - now).total_seconds()))  # never early: a retry before the reset fails
 
 
 def period_seconds(period: str, now: datetime) -> float | None:

@@ -294,9 +294,7 @@ class Pipeline:
         self.metrics.cache_requests.labels(ctx.principal.team.name, "hit").inc()
         self.metrics.savings.labels(ctx.principal.team.name, "cache").inc(saved / 1e9)
         record = self._record(ctx, deployment, usage, cost=0, counterfactual=saved, status=200)
-        self.tasks.spawn(
-            self.budget.record(ctx.principal.team.name, record, 0, 0, []), name="ledger-cache-hit"
-        )
+        self.budget.submit_record(ctx.principal.team.name, record, 0, 0, [])
         headers = self._headers(ctx, deployment)
         self._observe(ctx, 200)
         if ctx.stream:
@@ -474,7 +472,7 @@ class Pipeline:
             counterfactual=0,
             latency_ms=(time.perf_counter() - ctx.started) * 1000,
         )
-        self.tasks.spawn(self.budget.settle(ctx.reservation, 0, 0, record), name="settle-failed")
+        self.budget.submit(ctx.reservation, 0, 0, record)
 
     def _ask_intent(self, ctx: RequestContext, planned: str) -> dict[str, Any]:
         assert ctx.principal is not None
@@ -636,7 +634,7 @@ class Pipeline:
                 self.metrics.tokens.labels(team, model, token_type).inc(count)
         if counterfactual > cost:
             self.metrics.savings.labels(team, "routing").inc((counterfactual - cost) / 1e9)
-        self.tasks.spawn(self.budget.settle(ctx.reservation, cost, usage.total_tokens, record), name="settle")
+        self.budget.submit(ctx.reservation, cost, usage.total_tokens, record)
 
     def _record(
         self,

@@ -6,6 +6,9 @@ survives policy reloads; it is advisory, never part of the budget guarantee.
 Circuit breaker: closed -> open after ``consecutive_failures`` failures in a row, or an error
 rate of at least ``error_rate`` over ``min_requests`` in the window; open for ``cooldown_s``;
 then half-open: exactly one probe request is let through; success closes, failure re-opens.
+A probe that never reports back (the request was cancelled, or an earlier deployment in the
+balancer order answered first) expires after another ``cooldown_s``, so a circuit cannot stay
+half-open forever.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ class Breaker:
     consecutive: int = 0
     opened_at: float = 0.0
     probing: bool = False
+    probe_at: float = 0.0  # when the current probe was handed out
     outcomes: deque[tuple[float, bool]] = field(default_factory=lambda: deque(maxlen=512))
 
 
@@ -77,7 +81,7 @@ class Router:
                 b is None
                 or b.state == CLOSED
                 or (b.state == OPEN and now - b.opened_at >= self.cfg.cooldown_s)
-                or (b.state == HALF_OPEN and not b.probing)
+                or (b.state == HALF_OPEN and self._probe_free(b, now))
             ):
                 return True
         return False
@@ -88,10 +92,13 @@ class Router:
             return True
         if b.state == OPEN and now - b.opened_at >= self.cfg.cooldown_s:
             b.state, b.probing = HALF_OPEN, False
-        if b.state == HALF_OPEN and not b.probing:
-            b.probing = True  # exactly one probe at a time
+        if b.state == HALF_OPEN and self._probe_free(b, now):
+            b.probing, b.probe_at = True, now  # exactly one probe at a time
             return True
         return False
+
+    def _probe_free(self, b: Breaker, now: float) -> bool:
+        return not b.probing or now - b.probe_at >= self.cfg.cooldown_s
 
     def state(self, deployment_id: str) -> str:
         b = self.breakers.get(deployment_id)

@@ -11,6 +11,13 @@ from typing import Any
 
 from gateway.errors import InvalidRequest
 
+# Token counts above this are rejected by every provider anyway, and the budget store does its
+# arithmetic in Lua doubles (exact below 2^53): 2^31 tokens at the dearest output rate stays far
+# below that, an unchecked 2^63 would not.
+MAX_TOKENS = 2**31 - 1
+MAX_N = 128  # OpenAI's documented maximum number of choices
+INT64 = 2**63
+
 
 def _require_str(body: dict[str, Any], name: str) -> str:
     value = body.get(name)
@@ -21,12 +28,12 @@ def _require_str(body: dict[str, Any], name: str) -> str:
     return value
 
 
-def _optional_int(body: dict[str, Any], name: str, minimum: int = 0) -> int | None:
+def _optional_int(body: dict[str, Any], name: str, minimum: int, maximum: int) -> int | None:
     value = body.get(name)
     if value is None:
         return None
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise InvalidRequest(f"`{name}` must be an integer >= {minimum}", param=name)
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+        raise InvalidRequest(f"`{name}` must be an integer from {minimum} to {maximum}", param=name)
     return value
 
 
@@ -63,14 +70,16 @@ def _messages(body: dict[str, Any], name: str = "messages") -> list[Any]:
 def _common(body: dict[str, Any]) -> None:
     for name in ("temperature", "top_p", "presence_penalty", "frequency_penalty"):
         _optional_number(body, name)
-    _optional_int(body, "n", 1)
-    _optional_int(body, "seed", -(2**63))
+    _optional_int(body, "n", 1, MAX_N)
+    _optional_int(body, "seed", -INT64, INT64 - 1)
     _optional_bool(body, "stream")
     tools = body.get("tools")
     if tools is not None and not isinstance(tools, list):
         raise InvalidRequest("`tools` must be an array", param="tools")
     stop = body.get("stop")
-    if stop is not None and not isinstance(stop, str | list):
+    if stop is not None and not (
+        isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop))
+    ):
         raise InvalidRequest("`stop` must be a string or an array of strings", param="stop")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
@@ -87,8 +96,8 @@ def check_openai_chat(body: dict[str, Any]) -> None:
     _require_str(body, "model")
     _messages(body)
     _common(body)
-    _optional_int(body, "max_tokens", 1)
-    _optional_int(body, "max_completion_tokens", 1)
+    _optional_int(body, "max_tokens", 1, MAX_TOKENS)
+    _optional_int(body, "max_completion_tokens", 1, MAX_TOKENS)
     rf = body.get("response_format")
     if rf is not None and not isinstance(rf, dict):
         raise InvalidRequest("`response_format` must be an object", param="response_format")
@@ -102,7 +111,7 @@ def check_openai_completion(body: dict[str, Any]) -> None:
     if not isinstance(prompt, str | list):
         raise InvalidRequest("`prompt` must be a string or an array", param="prompt")
     _common(body)
-    _optional_int(body, "max_tokens", 0)
+    _optional_int(body, "max_tokens", 0, MAX_TOKENS)
 
 
 def check_openai_embeddings(body: dict[str, Any]) -> None:
@@ -112,7 +121,7 @@ def check_openai_embeddings(body: dict[str, Any]) -> None:
         raise InvalidRequest("you must provide an `input` parameter", param="input")
     if not isinstance(value, str | list) or value in ([], ""):
         raise InvalidRequest("`input` must be a non-empty string or array", param="input")
-    _optional_int(body, "dimensions", 1)
+    _optional_int(body, "dimensions", 1, MAX_TOKENS)
 
 
 def check_anthropic_messages(body: dict[str, Any]) -> None:
@@ -120,7 +129,7 @@ def check_anthropic_messages(body: dict[str, Any]) -> None:
     _messages(body)
     if body.get("max_tokens") is None:
         raise InvalidRequest("max_tokens: Field required", param="max_tokens")
-    _optional_int(body, "max_tokens", 1)
+    _optional_int(body, "max_tokens", 1, MAX_TOKENS)
     _optional_number(body, "temperature")
     _optional_bool(body, "stream")
     system = body.get("system")

@@ -66,7 +66,7 @@ def percentile_summary(samples_s: array[float] | list[float]) -> dict[str, float
     ordered = sorted(samples_s)
     out: dict[str, float | int | None] = {"count": n, "mean": round(sum(ordered) / n * 1000, 4)}
     for p in PERCENTILES:
-        rank = max(1, math.ceil(p / 100 * n))
+        rank = max(1, math.ceil(round(p * n / 100, 6)))  # round: 99.9/100*1000 is 999.0000000000001
         out[f"p{p:g}"] = round(ordered[rank - 1] * 1000, 4)
     out["max"] = round(ordered[-1] * 1000, 4)
     return out

@@ -207,6 +207,11 @@ def _stream_table(s: Result, by_target: dict[str, Result]) -> list[str]:
     return lines
 
 
+def _repo_relative(path: str) -> str:
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    return path.removeprefix(root)
+
+
 def _header(meta: Result) -> list[str]:
     mach = meta.get("machine", {})
     pin = meta.get("pinning", {})
@@ -279,7 +284,7 @@ def _bottleneck(results: Result) -> list[str]:
 def _scenario(name: str, s: Result) -> list[str]:
     lines = [f"## {name}", "", f"{s.get('description', '')}.", ""]
     lines.append(
-        f"Config `loadtests/configs/{s.get('config')}`, body `loadtests/scenarios/{s.get('body')}`, "
+        f"Config `{_repo_relative(s.get('config', ''))}`, body `loadtests/scenarios/{s.get('body')}`, "
         f"upstream {s.get('upstream')}, {s.get('wall_s')} s wall."
     )
     lines.append("")
@@ -345,6 +350,8 @@ def render(results: Result) -> str:
     lines = _header(meta)
     for w in meta.get("warnings", []):
         lines.append(f"> warning: {w}")
+    if meta.get("logs"):
+        lines.append(f"> process logs and raw load-generator output were kept in `{meta['logs']}`")
     for name, err in meta.get("failed", {}).items():
         lines.append(f"> **scenario {name} failed**: {err.splitlines()[0] if err else ''}")
     lines += ["", *_targets(results["derived"]), *_bottleneck(results)]

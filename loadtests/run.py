@@ -157,7 +157,7 @@ class Durations:
 
     @classmethod
     def pick(cls, quick: bool, override: float | None) -> Durations:
-        d = cls(2, 3, 4, 1, 0, 1, 25) if quick else cls(10, 15, 20, 2, 2, 10, 50)
+        d = cls(2, 2, 3, 1, 0, 1, 25) if quick else cls(10, 15, 20, 2, 2, 10, 50)
         if override:
             d.c1 = d.throughput = d.stream = override
         return d
@@ -608,7 +608,7 @@ class Run:
         result = runner(spec)
         result.update(
             description=spec.what,
-            config=spec.config,
+            config=str(self.args.configs_dir / spec.config),
             body=spec.body,
             kind=spec.kind,
             wall_s=round(time.monotonic() - t0, 1),
@@ -678,7 +678,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scenarios", help=f"comma list from {', '.join(SCENARIOS)} (default: all but soak)")
     p.add_argument("--duration", type=float, help="seconds per measurement (overrides the defaults)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="results directory")
-    p.add_argument("--configs-dir", type=Path, default=CONFIGS, help="gateway configs (full.yaml, many_keys.yaml)")
+    p.add_argument(
+        "--configs-dir", type=Path, default=CONFIGS, help="gateway configs (full.yaml, many_keys.yaml)"
+    )
     p.add_argument(
         "--upstream",
         choices=("auto", "nginx", "mock"),
@@ -717,6 +719,17 @@ def selected(args: argparse.Namespace) -> list[str]:
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
     return names
+
+
+def had_errors(results: dict[str, Any]) -> bool:
+    """Any failed request in any measurement (the target logs then explain it)."""
+    for s in results["scenarios"].values():
+        for by_target in s.get("measurements", {}).values():
+            if any(r.get("error_count") for r in by_target.values()):
+                return True
+        if s.get("load", {}).get("error_count"):
+            return True
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -766,13 +779,17 @@ def main(argv: list[str] | None = None) -> int:
         "failed": failed,
         "upstreams": {k: v[2] for k, v in run.upstreams.items()},
     }
+    keep = args.keep_work or bool(failed) or had_errors(results)
+    results["meta"]["logs"] = str(workdir) if keep else None
     results["derived"] = report.derive(results)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = args.out / f"{now:%Y-%m-%d-%H%M%S}-{commit}"
     stem.with_suffix(".json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     stem.with_suffix(".md").write_text(report.render(results))
     print(f"wrote {stem}.json and {stem}.md", flush=True)
-    if not args.keep_work and not failed:
+    if keep:
+        print(f"kept logs (failures or errors to look into): {workdir}", flush=True)
+    else:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if failed else 0
 

@@ -36,18 +36,42 @@ _DEFAULT_SYSTEM = {"openai": "openai", "azure": "azure.ai.openai", "anthropic": 
 
 
 def pydantic_problems(doc: YamlDoc, exc: ValidationError) -> list[str]:
-    problems = []
+    problems: dict[str, list[str]] = {}  # where -> messages, in order
     for err in exc.errors():
-        loc = tuple(
-            p for p in err["loc"] if not (isinstance(p, str) and p.startswith(("function-", "literal[")))
-        )
+        loc = _data_path(doc.data, err["loc"], keep_missing=err["type"] == "missing")
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = f"unknown key {loc[-1]!r}" if loc else "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        problems.append(f"{doc.where(loc)}: {msg}")
-    return problems
+        elif err["loc"] and err["loc"][-1] == "[key]":
+            msg = f"invalid name {loc[-1]!r}: {msg}" if loc else msg
+        messages = problems.setdefault(doc.where(loc), [])
+        if msg not in messages:
+            messages.append(msg)
+    # A value that fits no member of a union (``str | list[str]``) fails once per member: one line.
+    return [f"{where}: {' or '.join(messages)}" for where, messages in problems.items()]
+
+
+def _data_path(data: Any, loc: tuple[int | str, ...], keep_missing: bool) -> tuple[int | str, ...]:
+    """The part of a pydantic location that exists in the document.
+
+    Pydantic adds the names of union members and validators (``str``, ``list[str]``,
+    ``function-after[...]``) to locations; those are not keys a user can find in the file.
+    A key that is not in the document is kept only when it is the one reported missing.
+    """
+    out: list[int | str] = []
+    node = data
+    for i, part in enumerate(loc):
+        if part == "[key]":  # a mapping key failed validation: the path ends at that key
+            break
+        if isinstance(node, dict) and (part in node or (keep_missing and i == len(loc) - 1)):
+            out.append(part)
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+    return tuple(out)
 
 
 def validate_model(doc: YamlDoc, model: type[M]) -> M:
@@ -91,9 +115,7 @@ def compile_config(source: GatewayConfig, catalog: PriceCatalog, path: str, doc:
     }
     models = {name: _compile_model(name, m, providers, catalog) for name, m in source.models.items()}
     teams = {name: _compile_team(name, t) for name, t in source.teams.items()}
-    keys, problems = _compile_keys(source, teams, doc)
-    if problems:
-        raise ConfigError(problems)
+    keys = _compile_keys(source, teams)
     return Config(
         source=source,
         path=path,
@@ -158,7 +180,7 @@ def _compile_team(name: str, team: TeamConfig) -> TeamSpec:
     rl = team.rate_limits
     return TeamSpec(
         name=name,
-        allow=_globs(team.models or ["*"]),
+        allow=_globs(team.models),  # an empty allow-list allows nothing
         budget=compile_budget(team.budget),
         rpm=rl.rpm if rl else None,
         tpm=rl.tpm if rl else None,
@@ -172,21 +194,12 @@ def hash_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
-def _compile_keys(
-    source: GatewayConfig, teams: dict[str, TeamSpec], doc: YamlDoc
-) -> tuple[dict[str, Principal], list[str]]:
+def _compile_keys(source: GatewayConfig, teams: dict[str, TeamSpec]) -> dict[str, Principal]:
+    """Duplicate ids and keys were rejected by ``cross_check``."""
     keys: dict[str, Principal] = {}
-    ids: set[str] = set()
-    problems = []
     for team_name, team in source.teams.items():
-        for i, k in enumerate(team.keys):
-            where = doc.where(("teams", team_name, "keys", i))
+        for k in team.keys:
             digest = k.sha256 or hash_key(k.key)
-            if k.id in ids:
-                problems.append(f"{where}: duplicate key id {k.id!r}")
-            if digest in keys:
-                problems.append(f"{where}: the same key is declared twice")
-            ids.add(k.id)
             rl = k.rate_limits
             keys[digest] = Principal(
                 key_id=k.id,
@@ -196,7 +209,7 @@ def _compile_keys(
                 rpm=rl.rpm if rl else None,
                 tpm=rl.tpm if rl else None,
             )
-    return keys, problems
+    return keys
 
 
 __all__ = ["ConfigError", "format_path", "hash_key", "load_config", "load_prices"]

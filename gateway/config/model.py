@@ -209,9 +209,13 @@ class Range(Strict):
 class TimeWindow(Strict):
     between: str = Field(
         pattern=r"^([01]\d|2[0-3]):[0-5]\d-([01]\d|2[0-3]):[0-5]\d$",
-        description="UTC HH:MM-HH:MM; may wrap midnight",
+        description="UTC HH:MM-HH:MM, end exclusive; may wrap midnight; equal ends = the whole day",
     )
-    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(default_factory=list)
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        default_factory=list,
+        description="days the window opens on (a window that wraps midnight belongs to the day it opens); "
+        "empty = every day",
+    )
 
 
 class When(Strict):

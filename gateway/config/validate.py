@@ -7,6 +7,7 @@ can never disagree.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
 from gateway.config.model import GatewayConfig, Rule, When
@@ -17,7 +18,13 @@ Problem = tuple[Path_, str]
 
 
 def cross_check(cfg: GatewayConfig, catalog: PriceCatalog) -> list[Problem]:
-    return [*_deployments(cfg, catalog), *_model_refs(cfg), *_fallback_cycles(cfg), *_rule_reachability(cfg)]
+    return [
+        *_deployments(cfg, catalog),
+        *_model_refs(cfg),
+        *_fallback_cycles(cfg),
+        *_rule_reachability(cfg),
+        *_keys(cfg),
+    ]
 
 
 def _deployments(cfg: GatewayConfig, catalog: PriceCatalog) -> Iterator[Problem]:
@@ -129,3 +136,18 @@ def _rule_reachability(cfg: GatewayConfig) -> Iterator[Problem]:
                     f"rule {rule.name!r} is {what} (rule {earlier.name!r} always matches first)",
                 )
                 break
+
+
+def _keys(cfg: GatewayConfig) -> Iterator[Problem]:
+    ids: set[str] = set()
+    digests: set[str] = set()
+    for team_name, team in cfg.teams.items():
+        for i, k in enumerate(team.keys):
+            path: Path_ = ("teams", team_name, "keys", i)
+            digest = k.sha256 or hashlib.sha256(k.key.encode()).hexdigest()
+            if k.id in ids:
+                yield (*path, "id"), f"duplicate key id {k.id!r}"
+            if digest in digests:
+                yield path, "the same key is declared twice"
+            ids.add(k.id)
+            digests.add(digest)

@@ -71,29 +71,55 @@ def interpolate(value: str, env: Mapping[str, str], missing: list[str]) -> str:
     return _ENV_REF.sub(replace, value)
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_COLLECTION_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 class _Builder:
     def __init__(self, file: str, env: Mapping[str, str]) -> None:
         self.doc = YamlDoc(file=file, data=None)
         self.env = env
         self.problems: list[str] = []
+        # One constructor per parse: it caches every node it builds (a module-wide one would keep
+        # each reloaded document alive) and is not safe to share between reload threads.
+        self.loader = yaml.SafeLoader("")
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
         self.doc.lines[path] = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode) and node.tag not in _COLLECTION_TAGS:
+            # Tags on collections (``!!set``, ``!!python/...``) would otherwise be silently dropped.
+            self._problem(node, path, f"unsupported tag {node.tag}")
+            return None
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
             return [self.build(item, (*path, i)) for i, item in enumerate(node.value)]
         return self._scalar(node, path)
 
+    def _problem(self, node: yaml.Node, path: Path_, message: str) -> None:
+        where = f"{self.doc.file}:{node.start_mark.line + 1}"
+        self.problems.append(f"{where}: {format_path(path)}: {message}" if path else f"{where}: {message}")
+
+    def _construct(self, node: yaml.Node, path: Path_) -> Any:
+        """A scalar's Python value; an unknown tag or a bad ``!!int`` is a problem with its line."""
+        try:
+            return self.loader.construct_object(node, deep=True)
+        except yaml.MarkedYAMLError as exc:
+            self._problem(node, path, f"invalid value: {exc.problem or exc}")
+        except Exception as exc:  # PyYAML's constructors raise anything on bad input (``!!timestamp x``)
+            self._problem(node, path, f"invalid value for {node.tag}: {exc}")
+        return None
+
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = str(_LOADER.construct_object(key_node))
-            if key == "<<":
-                self.problems.append(
-                    f"{self.doc.file}:{key_node.start_mark.line + 1}: merge keys are not supported"
-                )
+            if key_node.tag == _MERGE_TAG:  # ``<<: *anchor``: checked before construction, which fails on it
+                self._problem(key_node, path, "merge keys (<<) are not supported; repeat the keys instead")
                 continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._problem(key_node, path, "mapping keys must be plain scalars")
+                continue
+            key = str(self._construct(key_node, path))
             if key in out:
                 line = key_node.start_mark.line + 1
                 self.problems.append(f"{self.doc.file}:{line}: {format_path((*path, key))}: duplicate key")
@@ -103,7 +129,7 @@ class _Builder:
         return out
 
     def _scalar(self, node: yaml.Node, path: Path_) -> Any:
-        value = _LOADER.construct_object(node, deep=True)
+        value = self._construct(node, path)
         if isinstance(value, str) and "${" in value:
             missing: list[str] = []
             value = interpolate(value, self.env, missing)
@@ -114,9 +140,6 @@ class _Builder:
                     f"(use ${{{name}:-default}} for a default)"
                 )
         return value
-
-
-_LOADER = yaml.SafeLoader("")
 
 
 def load_yaml(path: str | Path, env: Mapping[str, str] | None = None) -> YamlDoc:
@@ -136,6 +159,9 @@ def parse_yaml(text: str, file: str = "<string>", env: Mapping[str, str] | None 
         mark = exc.problem_mark
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError([f"{file}{line}: invalid YAML: {exc.problem or exc}"]) from None
+    except yaml.reader.ReaderError as exc:  # a control character: it has a position, not a mark
+        lineno = text.count("\n", 0, exc.position) + 1
+        raise ConfigError([f"{file}:{lineno}: invalid YAML: {exc.reason}"]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([f"{file}: invalid YAML: {exc}"]) from None
     builder = _Builder(file, os.environ if env is None else env)

@@ -79,7 +79,9 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    wire = "anthropic" if "anthropic-version" in request.headers else "openai"
+    # Anthropic SDKs always send anthropic-version; a hand-made call to /v1/messages may not.
+    anthropic = "anthropic-version" in request.headers or request.path.startswith("/v1/messages")
+    wire = "anthropic" if anthropic else "openai"
     return error_response(
         NotFound(f"unknown endpoint {request.method} {request.path}"), wire, request_id_of(request)
     )

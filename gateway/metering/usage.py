@@ -41,6 +41,13 @@ class Usage:
 
 
 def _int(value: Any) -> int:
+    """A reported token count, or 0 for anything that is not one (None, negative, bool, text).
+
+    A whole float (``12.0``, as some OpenAI-compatible servers send) is a count too: reading it
+    as 0 would bill the request as free.
+    """
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 

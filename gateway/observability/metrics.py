@@ -44,7 +44,9 @@ class _Cached:
     def labels(self, *values: str) -> Any:
         child = self.children.get(values)
         if child is None:
-            child = self.children[values] = self.metric.labels(*values)
+            # A metric declared without labels is its own (only) child: prometheus-client
+            # refuses ``.labels()`` on it.
+            child = self.children[values] = self.metric.labels(*values) if values else self.metric
         return child
 
 

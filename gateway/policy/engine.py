@@ -11,7 +11,7 @@ import fnmatch
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from gateway.config.model import CacheSettings, Range, RoutingConfig, Rule, TimeWindow, When
 from gateway.policy.complexity import complexity_score
@@ -76,6 +76,8 @@ class CompiledRule:
 
 
 def _globs(patterns: list[str]) -> re.Pattern[str]:
+    if not patterns:  # an empty list matches nothing (an empty regex would match everything)
+        return re.compile(r"(?!)")
     return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
 
 
@@ -98,13 +100,27 @@ def _time_predicate(window: TimeWindow) -> Predicate:
     days = frozenset(window.days)
 
     def check(f: Facts) -> bool:
-        now = f.now or datetime.now().astimezone()
-        if days and _DAYS[now.weekday()] not in days:
-            return False
+        now = _utc(f.now)
         minute = now.hour * 60 + now.minute
-        return start <= minute < end if start <= end else (minute >= start or minute < end)  # wraps midnight
+        day = now.weekday()
+        if start == end:  # "00:00-00:00": the whole day
+            inside = True
+        elif start < end:
+            inside = start <= minute < end
+        elif minute >= start:  # wraps midnight: the evening part
+            inside = True
+        else:  # wraps midnight: the morning part belongs to the window that opened the day before
+            inside, day = minute < end, (day - 1) % 7
+        return inside and (not days or _DAYS[day] in days)
 
     return check
+
+
+def _utc(now: datetime | None) -> datetime:
+    """Windows are UTC; a naive datetime is taken to be UTC already."""
+    if now is None:
+        return datetime.now(UTC)
+    return now.astimezone(UTC) if now.tzinfo is not None else now
 
 
 def _flag_predicate(flag: str, expected: bool) -> Predicate:
@@ -174,13 +190,14 @@ class RuleSet:
 
     def _chain(self, primary: str | list[str], extra: list[str]) -> tuple[str, ...]:
         head = [primary] if isinstance(primary, str) else list(primary)
-        chain = [*head, *extra]
-        for model in list(chain):
-            chain += self.default_fallbacks.get(model, ())
-        seen: dict[str, None] = {}
-        for m in chain:
-            seen.setdefault(m, None)
-        return tuple(seen)
+        chain = dict.fromkeys([*head, *extra])  # ordered, without duplicates
+        todo = list(chain)
+        while todo:  # default fallbacks apply transitively (the loader rejects cycles)
+            for fallback in self.default_fallbacks.get(todo.pop(0), ()):
+                if fallback not in chain:
+                    chain[fallback] = None
+                    todo.append(fallback)
+        return tuple(chain)
 
     def _apply(self, rule: Rule, facts: Facts, trace: list[str] | None) -> Decision:
         common = {

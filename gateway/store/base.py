@@ -117,6 +117,10 @@ class KeyRecord:
         }
 
 
+# A lease-less charge: (team, ledger record, cost_nano, tokens, scopes charged).
+Charge = tuple[str, dict[str, Any], int, int, list[ScopeLimit]]
+
+
 class StoreError(Exception):
     """The backing store could not answer (connection, timeout). Never raised for a denial."""
 
@@ -141,6 +145,8 @@ class Store(Protocol):
     async def record(
         self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
     ) -> bool: ...
+    async def settle_many(self, settlements: list[Settlement]) -> list[bool]: ...
+    async def record_many(self, charges: list[Charge]) -> list[bool]: ...
     async def expire_leases(self, team: str, now_ms: int, limit: int = 100) -> int: ...
     async def scope_usage(self, team: str, scopes: list[ScopeLimit]) -> dict[str, ScopeUsage]: ...
     async def teams(self) -> list[str]: ...

@@ -89,6 +89,8 @@ class BudgetBook:
                 ok=False,
                 reason=limited.kind,
                 scope=limited.scope,
+                remaining_nano=free_nano,  # as the Lua script reports it
+                remaining_tokens=free_tokens,
                 rate_remaining=self._rate_remaining(req.rate_limits),
             )
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway import jsonutil
 from gateway.store.base import (
+    Charge,
     KeyRecord,
     ReserveRequest,
     ReserveResult,
@@ -248,6 +249,12 @@ class MemoryStore:
         )
         self._append_ledger(settlement.record)
         return True
+
+    async def settle_many(self, settlements: list[Settlement]) -> list[bool]:
+        return [await self.settle(s) for s in settlements]
+
+    async def record_many(self, charges: list[Charge]) -> list[bool]:
+        return [await self.record(*charge) for charge in charges]
 
     async def record(
         self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]

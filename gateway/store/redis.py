@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway import jsonutil
 from gateway.store.base import (
+    Charge,
     KeyRecord,
     ReserveRequest,
     ReserveResult,
@@ -60,14 +61,18 @@ class RedisStore:
 
     def __init__(self, url: str, pool_size: int = 64, socket_timeout_s: float = 0.5) -> None:
         self.url = url
-        self.client: aioredis.Redis = aioredis.from_url(
+        # A blocking pool: a burst wider than the pool waits briefly for a free connection; the
+        # plain pool would raise "Too many connections", i.e. a spurious store outage (503 or fail-open).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=pool_size,
+            timeout=socket_timeout_s,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             health_check_interval=30,
             decode_responses=False,
         )
+        self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         common = _lua("common.lua")
         self._reserve = _Script(self.client, common + _lua("reserve.lua"))
         self._settle = _Script(self.client, common + _lua("settle.lua"))
@@ -184,7 +189,7 @@ class RedisStore:
         except (RedisError, OSError):
             pass  # only the report's team list; retried on the next reserve
 
-    async def settle(self, settlement: Settlement) -> bool:
+    def _settle_call(self, settlement: Settlement) -> tuple[list[str], list[Any]]:
         rec = settlement.record
         keys = [
             *self._team_keys(settlement.team)[:4],
@@ -198,11 +203,62 @@ class RedisStore:
             _ROLLUP_TTL_S,
             *_rollup_args(rec),
         ]
-        return bool(await self._call(self._settle, keys, args))
+        return keys, args
+
+    async def settle(self, settlement: Settlement) -> bool:
+        return bool(await self._call(self._settle, *self._settle_call(settlement)))
+
+    async def settle_many(self, settlements: list[Settlement]) -> list[bool]:
+        """Many settlements in one round trip (a pipeline of settle scripts)."""
+        calls = [self._settle_call(s) for s in settlements]
+        return [bool(r) for r in await self._call_many(self._settle, calls)]
+
+    async def record_many(self, charges: list[Charge]) -> list[bool]:
+        calls = [self._record_call(*charge) for charge in charges]
+        results = await self._call_many(self._record, calls)
+        for team, *_ in charges:
+            await self._remember_team(team)
+        return [bool(r) for r in results]
+
+    async def _call_many(self, script: _Script, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        if not calls:
+            return []
+        results: list[Any] = [None] * len(calls)
+        todo = list(range(len(calls)))
+        try:
+            if not script.sha:
+                script.sha = await self.client.script_load(script.body)
+            for _attempt in range(2):
+                pipe = self.client.pipeline(transaction=False)
+                for i in todo:
+                    keys, args = calls[i]
+                    _ = pipe.evalsha(script.sha, len(keys), *keys, *args)
+                answers = await pipe.execute(raise_on_error=False)
+                missing = []
+                for i, answer in zip(todo, answers, strict=True):
+                    if isinstance(answer, NoScriptError):
+                        missing.append(i)  # only these re-run: the others are applied already
+                    elif isinstance(answer, Exception):
+                        raise StoreError(f"redis: {answer}")
+                    else:
+                        results[i] = answer
+                if not missing:
+                    return results
+                todo = missing
+                script.sha = await self.client.script_load(script.body)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+        raise StoreError("redis: the settle script could not be loaded")
 
     async def record(
         self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
     ) -> bool:
+        await self._remember_team(team)
+        return bool(await self._call(self._record, *self._record_call(team, record, cost_nano, tokens, scopes)))
+
+    def _record_call(
+        self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
+    ) -> tuple[list[str], list[Any]]:
         ts = int(record["ts_ms"])
         keys = [
             _k(team, "budget"),
@@ -220,8 +276,7 @@ class RedisStore:
             *[s.counter for s in scopes],
             *_rollup_args(record),
         ]
-        await self._remember_team(team)
-        return bool(await self._call(self._record, keys, args))
+        return keys, args
 
     async def expire_leases(self, team: str, now_ms: int, limit: int = 100) -> int:
         return int(await self._call(self._expire, self._team_keys(team), [now_ms, limit]))

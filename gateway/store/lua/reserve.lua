@@ -99,8 +99,9 @@ local tpm_s = '-'
 if #tpm > 0 then tpm_s = table.concat(tpm, ',') end
 local rk = '-'
 if nr > 0 then rk = ratekey end
-redis.call('HSET', leases, id, cost .. ' ' .. tokens .. ' ' .. rk .. ' ' .. tpm_s .. ' ' .. table.concat(scopes, ' '),
-           id .. '|i', intent)
+-- '%.0f', not '..': Lua prints numbers with 14 significant digits, which would round a cost >= 1e14.
+local lease = string.format('%.0f %.0f ', cost, tokens) .. rk .. ' ' .. tpm_s .. ' ' .. table.concat(scopes, ' ')
+redis.call('HSET', leases, id, lease, id .. '|i', intent)
 redis.call('ZADD', zset, now + ttl, id)
 local rn, rt = free_nano, free_tok
 if rn >= 0 then rn = rn - cost end
