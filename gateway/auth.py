@@ -43,6 +43,8 @@ class Authenticator:
         self.config = config
         self._cache: OrderedDict[str, tuple[float, KeyRecord | None]] = OrderedDict()
         self._revoked: frozenset[str] = frozenset()
+        self._digests: dict[str, str] = {}  # raw key -> sha256 (process memory only, never persisted)
+        self._principals: dict[str, Principal] = {}
         self._revoked_version = -1
         self._poller: asyncio.Task[None] | None = None
 
@@ -77,17 +79,33 @@ class Authenticator:
     async def authenticate(self, raw_key: str | None) -> Principal:
         if not raw_key:
             raise AuthenticationFailed("missing API key: send `Authorization: Bearer <virtual key>`")
-        digest = key_digest(raw_key)
+        digest = self._digests.get(raw_key)
+        if digest is None:  # sha256 once per distinct key, not once per request
+            digest = key_digest(raw_key)
+            if len(self._digests) >= _CACHE_SIZE:
+                self._digests.clear()
+            self._digests[raw_key] = digest
         cfg = self.config()
         principal = cfg.keys.get(digest)
         if principal is None:
-            record = await self._lookup(digest)
-            team = cfg.teams.get(record.team) if record else None
-            if record is None or team is None:
-                raise AuthenticationFailed("invalid API key")
-            principal = Principal(key_id=record.key_id, team=team, name=record.name)
+            principal = await self._dynamic_principal(digest, cfg)
         if principal.key_id in self._revoked:
             raise AuthenticationFailed("this API key has been revoked", code="key_revoked")
+        return principal
+
+    async def _dynamic_principal(self, digest: str, cfg: Config) -> Principal:
+        """A key created through the admin API; the principal object is reused while the config is."""
+        record = await self._lookup(digest)
+        team = cfg.teams.get(record.team) if record else None
+        if record is None or team is None:
+            raise AuthenticationFailed("invalid API key")
+        known = self._principals.get(digest)
+        if known is not None and known.team is team and known.key_id == record.key_id:
+            return known
+        principal = Principal(key_id=record.key_id, team=team, name=record.name)
+        if len(self._principals) >= _CACHE_SIZE:
+            self._principals.clear()
+        self._principals[digest] = principal
         return principal
 
     async def _lookup(self, digest: str) -> KeyRecord | None:

@@ -131,13 +131,29 @@ class BudgetManager:
         self.utilization: dict[str, float] = {}  # team -> last known share of its budget used
         self._crossed: dict[str, float] = {}
         self._reconciler: asyncio.Task[None] | None = None
+        # Scopes and limits per principal for the current minute: period ids only change on minute
+        # boundaries (UTC midnight), so this is exact, and spares a calendar computation per request.
+        self._limits: dict[int, tuple[Principal, int, list[ScopeLimit], list[RateLimit]]] = {}
+
+    def _scopes_and_limits(
+        self, principal: Principal, now: datetime
+    ) -> tuple[list[ScopeLimit], list[RateLimit]]:
+        ts = now.timestamp()
+        minute = int(ts // 60)
+        cached = self._limits.get(id(principal))
+        if cached is not None and cached[0] is principal and cached[1] == minute:
+            return cached[2], cached[3]
+        scopes, limits = scopes_for(principal, now), rate_limits_for(principal, ts)
+        if len(self._limits) > 10_000:
+            self._limits.clear()
+        self._limits[id(principal)] = (principal, minute, scopes, limits)
+        return scopes, limits
 
     # ------------------------------------------------------------------ reserve
 
     async def reserve(self, principal: Principal, ask: Ask, now: datetime | None = None) -> Reservation:
         now = now or datetime.now(UTC)
-        scopes = scopes_for(principal, now)
-        limits = rate_limits_for(principal, now.timestamp())
+        scopes, limits = self._scopes_and_limits(principal, now)
         rates = ask.rates
         fixed_nano = -(
             -ask.prompt_tokens_bound * max(rates.input, rates.cached_input, rates.cache_write) // 1000

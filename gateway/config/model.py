@@ -54,7 +54,7 @@ class StoreConfig(Strict):
     expected_replicas: int = Field(1, ge=1, description="divides the fail-open guard")
     socket_timeout_s: float = Field(0.5, gt=0)
     lease_grace_s: float = Field(
-        60.0, ge=0, description="a reservation outlives the request deadline by this much before it is charged in full"
+        60.0, ge=0, description="how long a reservation outlives the deadline before it is charged in full"
     )
 
 

@@ -146,9 +146,14 @@ def load_yaml(path: str | Path, env: Mapping[str, str] | None = None) -> YamlDoc
     """Parse one YAML file into a ``YamlDoc``; raises ``ConfigError`` with file:line on any problem."""
     file = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ConfigError([f"{file}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError([f"{file}:{line}: not UTF-8 (byte 0x{raw[exc.start]:02x})"]) from None
     return parse_yaml(text, file, env)
 
 

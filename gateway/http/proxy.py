@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import jsonutil
@@ -64,10 +65,15 @@ async def read_body(request: web.Request, limit: int) -> bytearray:
     if length is not None and length > limit:
         raise BodyTooLarge(f"request body is {length} bytes; the limit is {limit}")
     raw = bytearray()
-    while chunk := await request.content.read(limit + 1 - len(raw)):
-        raw += chunk
-        if len(raw) > limit:
-            raise BodyTooLarge(f"request body exceeds the {limit}-byte limit")
+    try:
+        while chunk := await request.content.read(limit + 1 - len(raw)):
+            raw += chunk
+            if len(raw) > limit:
+                raise BodyTooLarge(f"request body exceeds the {limit}-byte limit")
+    except ConnectionResetError:  # the client hung up mid-body: its request, not our error
+        raise InvalidRequest("the connection closed before the whole request body arrived") from None
+    except HttpProcessingError as exc:  # a broken chunked framing or gzip body, found while reading
+        raise InvalidRequest(f"malformed request body: {exc.message}") from None
     return raw
 
 

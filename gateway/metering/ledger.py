@@ -1,7 +1,8 @@
 """The ledger record: one per request, the unit of showback, chargeback and every report.
 
 Fields (all present in every record):
-    request_id (the gateway's, unique), client_request_id (the caller's x-request-id, if any), ts_ms, team, key_id, tags, operation, inbound, stream,
+    request_id (the gateway's, unique), client_request_id (the caller's x-request-id, if any), ts_ms, team,
+    key_id, tags, operation, inbound, stream,
     requested_model, served_model (logical), upstream_model, provider, deployment, route,
     cache ("hit" | "miss" | "bypass"), status (HTTP status, or "expired" for a lease charged in full),
     usage {input_tokens, cached_input_tokens, cache_creation_input_tokens, output_tokens, reasoning_tokens},

@@ -32,9 +32,26 @@ class JsonFormatter(logging.Formatter):
         return jsonutil.dumps_str(out)
 
 
+class ClientProtocolErrors(logging.Filter):
+    """aiohttp logs every malformed HTTP request (bad framing, oversized header line) as an error
+    with a traceback. It is the client's mistake, already answered with a 400: one warning line
+    without a traceback, so real errors stay visible."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.msg, record.args = "malformed HTTP request rejected: %s", (exc.message.strip(),)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 def setup(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(ClientProtocolErrors())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -33,6 +33,7 @@ from gateway.store.book import BudgetBook, Lease, expired_record
 from gateway.store.rollup import ledger_day
 
 _SEEN_TTL_MS = 7 * 86_400_000
+_NEVER = 1 << 62
 
 
 class MemoryStore:
@@ -53,6 +54,8 @@ class MemoryStore:
         self._journal_fd = -1
         self._ledger_fd = -1
         self._ledger_day = ""
+        self._ledger_day_num = -1
+        self._next_expiry_ms = 0
         self._fsync_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -75,6 +78,7 @@ class MemoryStore:
                 os.fsync(fd)
                 os.close(fd)
         self._journal_fd = self._ledger_fd = -1
+        self._ledger_day, self._ledger_day_num = "", -1
 
     async def ping(self) -> bool:
         return self._journal_fd >= 0
@@ -92,7 +96,12 @@ class MemoryStore:
         os.write(self._journal_fd, jsonutil.dumps(op) + b"\n")
 
     def _append_ledger(self, record: dict[str, Any]) -> None:
-        day = ledger_day(int(record.get("ts_ms", 0)))
+        ts_ms = int(record.get("ts_ms", 0))
+        if ts_ms // 86_400_000 == self._ledger_day_num:
+            os.write(self._ledger_fd, jsonutil.dumps(record) + b"\n")
+            return
+        day = ledger_day(ts_ms)
+        self._ledger_day_num = ts_ms // 86_400_000
         if day != self._ledger_day:
             if self._ledger_fd >= 0:
                 os.close(self._ledger_fd)
@@ -222,8 +231,12 @@ class MemoryStore:
     # ------------------------------------------------------------------ budgets
 
     async def reserve(self, req: ReserveRequest) -> ReserveResult:
-        await self.expire_leases(req.team, req.now_ms, limit=10)
+        if req.now_ms >= self._next_expiry_ms:  # only scan the leases when one can be due
+            await self.expire_leases(req.team, req.now_ms, limit=10)
+            self._next_expiry_ms = min((x.expires_ms for x in self.book.leases.values()), default=_NEVER)
         result = self.book.reserve(req)
+        if result.ok:
+            self._next_expiry_ms = min(self._next_expiry_ms, req.now_ms + req.lease_ttl_ms)
         self.teams_seen.add(req.team)
         if result.ok:
             lease = self.book.leases[req.lease_id]

@@ -254,7 +254,8 @@ class RedisStore:
         self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
     ) -> bool:
         await self._remember_team(team)
-        return bool(await self._call(self._record, *self._record_call(team, record, cost_nano, tokens, scopes)))
+        call = self._record_call(team, record, cost_nano, tokens, scopes)
+        return bool(await self._call(self._record, *call))
 
     def _record_call(
         self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]

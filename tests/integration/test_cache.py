@@ -642,6 +642,12 @@ async def test_redis_failure_fails_open(
             return metric(after, name, operation="get") >= metric(errors_before, name, operation="get") + 2
 
         assert await eventually(counted), "cache errors were not counted"
+        # Redis comes back (empty): the cache works again without a restart. (It also lets the gateway's
+        # shutdown flush its ledger: with Redis still down, SIGTERM takes the harness's full 20 s timeout.)
+        server.restart()
+        recovered = chat()
+        assert (await post(http, gw.url, recovered)).status == 200
+        assert await eventually(lambda: _hit(http, gw.url, recovered)), "the cache did not recover"
     finally:
         gw.stop()
         server.stop()

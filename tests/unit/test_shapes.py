@@ -52,12 +52,12 @@ def param_of(check: Check, body: dict[str, Any]) -> str | None:
 
 
 def test_the_check_table_covers_every_endpoint() -> None:
-    assert CHECKS == {
+    assert {
         ("openai", "chat"): check_openai_chat,
         ("openai", "text_completion"): check_openai_completion,
         ("openai", "embeddings"): check_openai_embeddings,
         ("anthropic", "chat"): check_anthropic_messages,
-    }
+    } == CHECKS
 
 
 @pytest.mark.parametrize(
@@ -110,10 +110,23 @@ def test_unknown_fields_pass_through_untouched() -> None:
 
 def test_null_optional_fields_are_absent_fields() -> None:
     nulls = dict.fromkeys(
-        ("temperature", "top_p", "n", "seed", "stream", "tools", "stop", "stream_options", "metadata", "user"),
+        (
+            "temperature",
+            "top_p",
+            "n",
+            "seed",
+            "stream",
+            "tools",
+            "stop",
+            "stream_options",
+            "metadata",
+            "user",
+        ),
     )
     check_openai_chat({**CHAT, **nulls, "max_tokens": None, "response_format": None})
-    check_anthropic_messages({**ANTHROPIC, "temperature": None, "stream": None, "system": None, "tools": None})
+    check_anthropic_messages(
+        {**ANTHROPIC, "temperature": None, "stream": None, "system": None, "tools": None}
+    )
 
 
 # ---------------------------------------------------------------- the OpenAI chat surface
