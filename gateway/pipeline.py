@@ -455,8 +455,13 @@ class Pipeline:
         """No upstream answer: the reservation is released at $0 (nothing was served).
 
         ``status`` is what the client is answered, so the ledger's error counts match what callers saw.
+        A client that went away (499) while the upstream was working is different: the provider may
+        well bill the request, so it is charged its full reservation and marked estimated.
         """
         assert ctx.principal is not None and ctx.reservation is not None
+        if status == 499:
+            self._charge_reservation(ctx, upstream_started)
+            return
         ctx.upstream_s = time.perf_counter() - upstream_started
         chain_first = ctx.decision.chain[0] if ctx.decision and ctx.decision.chain else ctx.requested_model
         record = ledger.complete(
@@ -473,6 +478,18 @@ class Pipeline:
             latency_ms=(time.perf_counter() - ctx.started) * 1000,
         )
         self.budget.submit(ctx.reservation, 0, 0, record)
+
+    def _charge_reservation(self, ctx: RequestContext, upstream_started: float) -> None:
+        res = ctx.reservation
+        assert ctx.principal is not None and res is not None
+        ctx.upstream_s = time.perf_counter() - upstream_started
+        chain_first = ctx.decision.chain[0] if ctx.decision and ctx.decision.chain else ctx.requested_model
+        record = ledger.complete(
+            self._ask_intent(ctx, chain_first), served_model=chain_first, upstream_model="", provider="",
+            deployment="", cache=ctx.cache, status=499, usage=Usage(estimated=True), cost=res.reserved_nano,
+            counterfactual=res.reserved_nano, latency_ms=(time.perf_counter() - ctx.started) * 1000,
+        )
+        self.budget.submit(res, res.reserved_nano, res.reserved_tokens, record)
 
     def _ask_intent(self, ctx: RequestContext, planned: str) -> dict[str, Any]:
         assert ctx.principal is not None

@@ -72,8 +72,14 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool) -> None
         log.info("mock provider listening", extra={"url": f"http://127.0.0.1:{mock_port}"})
     gateway = Gateway(config)
     app = make_app(gateway)
+    # handler_cancellation: a client that disconnects cancels its handler at once, which closes the
+    # upstream request instead of letting it run (and bill) to the end; the pipeline settles it.
     runner = web.AppRunner(
-        app, handle_signals=False, access_log=None, shutdown_timeout=config.source.server.shutdown_grace_s
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=config.source.server.shutdown_grace_s,
+        handler_cancellation=True,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)

@@ -72,8 +72,10 @@ async def read_body(request: web.Request, limit: int) -> bytearray:
                 raise BodyTooLarge(f"request body exceeds the {limit}-byte limit")
     except ConnectionResetError:  # the client hung up mid-body: its request, not our error
         raise InvalidRequest("the connection closed before the whole request body arrived") from None
-    except HttpProcessingError as exc:  # a broken chunked framing or gzip body, found while reading
-        raise InvalidRequest(f"malformed request body: {exc.message}") from None
+    except (HttpProcessingError, web.RequestPayloadError) as exc:  # broken chunking or gzip
+        cause = exc if isinstance(exc, HttpProcessingError) else exc.__cause__
+        problem = cause.message.strip() if isinstance(cause, HttpProcessingError) else "cannot be read"
+        raise InvalidRequest(f"malformed request body: {problem}") from None
     return raw
 
 

@@ -41,6 +41,8 @@ class ClientProtocolErrors(logging.Filter):
         from aiohttp.http_exceptions import HttpProcessingError
 
         exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and not isinstance(exc, HttpProcessingError):
+            exc = exc.__cause__  # a body that fails to decode surfaces as RequestPayloadError(cause)
         if isinstance(exc, HttpProcessingError):
             record.levelno, record.levelname = logging.WARNING, "WARNING"
             record.msg, record.args = "malformed HTTP request rejected: %s", (exc.message.strip(),)
