@@ -123,6 +123,23 @@ def _utc(now: datetime | None) -> datetime:
     return now.astimezone(UTC) if now.tzinfo is not None else now
 
 
+def _tags_predicate(wanted_tags: dict[str, str]) -> Predicate:
+    wanted = tuple(wanted_tags.items())
+    present = frozenset(k for k, v in wanted if v == "*")
+    exact = tuple((k, v) for k, v in wanted if v != "*")
+
+    def check(f: Facts) -> bool:
+        tags = f.tags
+        if not tags:  # the common case on the hot path: an untagged request fails at once
+            return not wanted
+        for key, value in exact:
+            if tags.get(key) != value:
+                return False
+        return present.issubset(tags.keys())
+
+    return check
+
+
 def _flag_predicate(flag: str, expected: bool) -> Predicate:
     def check(f: Facts) -> bool:
         return bool(getattr(f, flag) is expected)
@@ -142,10 +159,7 @@ def compile_when(when: When) -> tuple[tuple[str, Predicate], ...]:
         op = when.operation
         preds.append(("operation", lambda f: f.operation == op))
     if when.tags is not None:
-        wanted = tuple(when.tags.items())
-        preds.append(
-            ("tags", lambda f: all((k in f.tags) if v == "*" else f.tags.get(k) == v for k, v in wanted))
-        )
+        preds.append(("tags", _tags_predicate(when.tags)))
     for flag in ("has_tools", "has_images", "has_response_format", "stream"):
         expected = getattr(when, flag)
         if expected is not None:
@@ -173,13 +187,25 @@ class RuleSet:
             for i, r in enumerate(routing.rules)
         )
         self.default_fallbacks = {m: tuple(chain) for m, chain in routing.fallbacks.items()}
+        # Rules that can apply to a team (no `teams` condition, or one naming it), in order: the hot
+        # path walks only these. Filled lazily, one entry per team seen; a reload builds a new RuleSet.
+        self._for_team: dict[str, tuple[CompiledRule, ...]] = {}
+
+    def _candidates(self, team: str) -> tuple[CompiledRule, ...]:
+        found = self._for_team.get(team)
+        if found is None:
+            found = tuple(r for r in self.rules if r.rule.when.teams is None or team in r.rule.when.teams)
+            if len(self._for_team) < 100_000:
+                self._for_team[team] = found
+        return found
 
     def needs_prompt_tokens(self) -> bool:
         return any(r.rule.when.prompt_tokens is not None for r in self.rules)
 
     def decide(self, facts: Facts, explain: bool = False) -> Decision:
         trace: list[str] | None = [] if explain else None
-        for compiled in self.rules:
+        # Explaining walks every rule so the trace shows each one; deciding skips other teams' rules.
+        for compiled in self.rules if explain else self._candidates(facts.team):
             if compiled.matches(facts, trace):
                 if trace is not None:
                     trace.append(f"rule {compiled.name!r}: MATCH")
