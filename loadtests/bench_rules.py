@@ -34,20 +34,36 @@ def main() -> None:
     cfg = load_config(HERE / "configs" / "full.yaml")
     rules = cfg.rules
     now = datetime.now(UTC)
-    text = "Summarize the following text in one sentence: " + "The quick brown fox jumps over the lazy dog. " * 20
+    text = (
+        "Summarize the following text in one sentence: "
+        + "The quick brown fox jumps over the lazy dog. " * 20
+    )
 
     def facts(model: str, team: str = "demo", tags: dict[str, str] | None = None) -> Facts:
-        return Facts(team=team, model=model, tags=tags or {}, max_tokens=256, now=now,
-                     prompt_tokens_fn=lambda: 300, prompt_text_fn=lambda: text)
+        return Facts(
+            team=team,
+            model=model,
+            tags=tags or {},
+            max_tokens=256,
+            now=now,
+            prompt_tokens_fn=lambda: 300,
+            prompt_text_fn=lambda: text,
+        )
 
     rows = [
         bench("no rule matches (all 50 evaluated)", lambda: facts("gpt-4o"), rules.decide),
         bench("tag rule matches (rule 25)", lambda: facts("gpt-4o", tags={"feature": "f0"}), rules.decide),
         bench("auto routing (rule 50, complexity score)", lambda: facts("auto"), rules.decide),
-        bench("team-0 request: its budget-tier rule checked, not matched", lambda: facts("gpt-4o", team="team-0"), rules.decide),
+        bench(
+            "team-0 request: its budget-tier rule checked, not matched",
+            lambda: facts("gpt-4o", team="team-0"),
+            rules.decide,
+        ),
     ]
-    print(f"{len(rules.rules)} compiled rules, {time.strftime('%Y-%m-%d')}, one core, Python "
-          f"{os.sys.version.split()[0]}\n")  # type: ignore[attr-defined]
+    print(
+        f"{len(rules.rules)} compiled rules, {time.strftime('%Y-%m-%d')}, one core, Python "
+        f"{os.sys.version.split()[0]}\n"
+    )  # type: ignore[attr-defined]
     print("| case | µs per decision | rule that fired |")
     print("|---|---:|---|")
     for label, micros, rule in rows:
