@@ -2,7 +2,8 @@
 
 full.yaml       every feature on: auth, 50 routing rules (all evaluated for the load's requests), a Redis
                 budget with reserve and settle on every request, RPM/TPM limits, metering, ledger, metrics,
-                and the cache (mode auto: the miss scenarios send temperature 1, the hit scenario temperature 0).
+                and the cache (mode auto; temperature 0 requests are cacheable: unique prompts miss,
+                a repeated prompt hits).
 many_keys.yaml  the same with 100 teams and 1,000 keys (sk-load-0 ... sk-load-999).
 The upstream is ${LOADTEST_UPSTREAM_URL}; the store is Redis when GATEWAY_REDIS_URL is set.
 """
