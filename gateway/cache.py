@@ -15,8 +15,10 @@ is 0 or a ``seed`` is set, ``n`` is absent or 1, and embeddings (deterministic) 
 
 Stampede protection: identical concurrent misses in one process wait for the first one
 (an ``asyncio.Future`` per key). Across replicas a short store lock (SET NX PX) makes the others
-poll the entry for at most ``lock_wait_ms`` before going upstream themselves: a bounded wait
-traded for a possible duplicate upstream call when the leader is slow or dies.
+poll the entry. Either way a waiter gives up after ``lock_wait_ms`` and goes upstream itself: a
+bounded wait traded for a possible duplicate upstream call when the leader is slow or dies (a
+leader that vanishes without finishing must never hold its followers forever). ``0`` disables
+the waiting altogether. Only the process that took a lock deletes it.
 
 Failures: any store error is counted and treated as a miss; the cache never fails a request.
 """
@@ -99,6 +101,7 @@ class ResponseCache:
         self.cfg = cfg
         self.metrics = metrics
         self._inflight: dict[str, asyncio.Future[CacheEntry | None]] = {}
+        self._locked: set[str] = set()  # keys whose store lock this process took (and so may delete)
 
     def _slot(self, namespace: str) -> str:
         # The namespace is the hash tag: a team's entries share its Redis Cluster slot.
@@ -135,6 +138,13 @@ class ResponseCache:
         """If an identical miss is already in flight in this process, the future to wait on."""
         return self._inflight.get(key)
 
+    async def follow(self, leader: asyncio.Future[CacheEntry | None]) -> CacheEntry | None:
+        """The in-process leader's entry, or None if it failed or took longer than ``lock_wait_ms``."""
+        try:  # shield: a waiter giving up must not cancel the future its peers are waiting on
+            return await asyncio.wait_for(asyncio.shield(leader), self.cfg.lock_wait_ms / 1000)
+        except TimeoutError:
+            return None
+
     def lead(self, key: str) -> None:
         self._inflight[key] = asyncio.get_running_loop().create_future()
 
@@ -150,6 +160,7 @@ class ResponseCache:
         ttl = self.cfg.lock_wait_ms * 2
         try:
             if await self.store.cache_lock(self._slot(namespace), key, ttl):
+                self._locked.add(key)
                 return None  # we lead: go upstream
         except StoreError:
             self.metrics.cache_errors.labels("lock").inc()
@@ -163,6 +174,9 @@ class ResponseCache:
         return None
 
     async def release(self, namespace: str, key: str) -> None:
+        if key not in self._locked:
+            return  # another replica's lock (we only polled it): it is not ours to delete
+        self._locked.discard(key)
         try:
             await self.store.cache_unlock(self._slot(namespace), key)
         except StoreError:

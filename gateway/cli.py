@@ -162,8 +162,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print("\n".join(exc.problems), file=sys.stderr)
         return 2
-    since, until = report.parse_since_until(args.since, args.until)
     by = [b for b in args.by.split(",") if b]
+    try:  # a bad window or dimension is a usage error, found before the store is opened
+        since, until = report.parse_since_until(args.since, args.until)
+        report.aggregate([], by)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     async def load() -> list[dict[str, Any]]:
         store = make_store(cfg)

@@ -129,11 +129,11 @@ class Pipeline:
         ctx.principal = await self.auth.authenticate(ctx.api_key)
         chain = self._admit_and_route(ctx, cfg)
         decision = self._cache_decision(ctx, cfg, chain[0])
-        if decision is not None:
-            hit = await self._cache_lookup(ctx, decision, chain[0])
-            if hit is not None:
-                return hit
-        try:
+        try:  # the lookup may make this request the leader of its key: every exit must end that
+            if decision is not None:
+                hit = await self._cache_lookup(ctx, decision, chain[0])
+                if hit is not None:
+                    return hit
             ctx.reservation = await self._reserve(ctx, cfg, chain)
             result = await self._forward(ctx, cfg, chain, decision)
         except BaseException:
@@ -268,7 +268,7 @@ class Pipeline:
         if entry is None and decision.read:
             follower = self.cache.follower_of(key)
             if follower is not None:
-                entry = await follower
+                entry = await self.cache.follow(follower)
             else:
                 self.cache.lead(key)
                 ctx.cache_lead = (decision.namespace, key)
@@ -290,7 +290,9 @@ class Pipeline:
             (d for d in model.deployments if d.logical == entry.served_model), model.deployments[0]
         )
         ctx.served = deployment
-        saved = cost_nano(usage, deployment.rates)
+        # What the answer cost when it was made, on the deployment and at the prices that made it: the
+        # model's first deployment may be priced differently (and prices change while entries live).
+        saved = entry.cost_nano
         self.metrics.cache_requests.labels(ctx.principal.team.name, "hit").inc()
         self.metrics.savings.labels(ctx.principal.team.name, "cache").inc(saved / 1e9)
         record = self._record(ctx, deployment, usage, cost=0, counterfactual=saved, status=200)

@@ -84,12 +84,17 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool) -> None
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
+    loop = asyncio.get_running_loop()
     log.info(
         "gateway listening",
-        extra={"url": f"http://{host}:{port}", "store": gateway.store.name, "pid": os.getpid()},
+        extra={
+            "url": f"http://{host}:{port}",
+            "store": gateway.store.name,
+            "pid": os.getpid(),
+            "event_loop": type(loop).__module__.partition(".")[0],  # "uvloop" or "asyncio"
+        },
     )
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()

@@ -233,6 +233,8 @@ def _header(meta: Result) -> list[str]:
         f"| CPU | {mach.get('cpu_model')} — nproc {mach.get('nproc')} |",
         f"| kernel | {mach.get('kernel')} |",
         f"| memory | {mach.get('memory_gib')} GiB |",
+        f"| 1-min load average | start {_get(meta, 'load_average_1m', 'start')}, "
+        f"end {_get(meta, 'load_average_1m', 'end')} (the run itself adds ~1-2) |",
         f"| python / wrk / nginx / redis | {mach.get('python')} / {mach.get('wrk') or 'absent'} / "
         f"{mach.get('nginx') or 'absent'} / {mach.get('redis') or 'absent'} |",
         f"| pinning | {pin_text} |",

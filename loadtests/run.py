@@ -644,7 +644,16 @@ def tool_version(argv: list[str]) -> str | None:
         return None
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     text = (proc.stdout + proc.stderr).strip().splitlines()
-    return text[0] if text else None
+    if not text:
+        return None
+    # "wrk debian/4.1.0 [epoll] Copyright ...", "nginx version: nginx/1.22.1", "Redis server v=7.0.15 sha=..."
+    first = text[0].split(" Copyright")[0].removeprefix("nginx version: ")
+    return " ".join(w for w in first.split() if not w.startswith(("sha=", "malloc=", "bits=", "build=")))
+
+
+def load_average() -> float:
+    with open("/proc/loadavg") as f:
+        return float(f.read().split()[0])
 
 
 def machine_info() -> dict[str, Any]:
@@ -741,12 +750,17 @@ def main(argv: list[str] | None = None) -> int:
     if pin.enabled:  # keep this orchestrator off the measured core too
         os.sched_setaffinity(0, {int(pin.aux)})
     now = dt.datetime.now().astimezone()
+    load_before = load_average()
     commit = git("rev-parse", "--short=10", "HEAD") or "nocommit"
     workdir = Path(tempfile.mkdtemp(prefix="loadtest-"))
     sup = Supervisor(workdir, pin)
     run = Run(args, sup, pin, Durations.pick(args.quick, args.duration), workdir)
     if pin.warning:
         run.warnings.append(pin.warning)
+    if load_before > 0.5:
+        run.note(
+            f"the machine was not idle at start (1-min load average {load_before}): expect noisy numbers"
+        )
     results: dict[str, Any] = {"scenarios": {}}
     failed: dict[str, str] = {}
     print(f"logs and raw results: {workdir}", flush=True)
@@ -769,6 +783,7 @@ def main(argv: list[str] | None = None) -> int:
         "commit": commit,
         "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
         "machine": machine_info(),
+        "load_average_1m": {"start": load_before, "end": load_average()},
         "pinning": pin.describe(),
         "quick": args.quick,
         "durations": vars(run.dur),

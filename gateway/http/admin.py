@@ -92,10 +92,17 @@ async def list_keys(request: web.Request) -> web.Response:
 async def revoke_key(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
     key_id = request.match_info["key_id"]
-    known = await gateway.store.revoke_key(key_id)
-    known = known or any(p.key_id == key_id for p in gateway.config.keys.values())
+    # Check before revoking: the store revokes any id it is given, and a mistyped id would lie in
+    # wait for a YAML key declared later under that name.
+    _, revoked = await gateway.store.revocations()
+    known = (
+        key_id in revoked
+        or any(p.key_id == key_id for p in gateway.config.keys.values())
+        or any(k.key_id == key_id for k in await gateway.store.list_keys())
+    )
     if not known:
         raise NotFound(f"no key with id {key_id!r}")
+    await gateway.store.revoke_key(key_id)
     gateway.auth.revoke_locally(key_id)
     return _json({"id": key_id, "revoked": True})
 

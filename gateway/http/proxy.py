@@ -20,6 +20,7 @@ from gateway import jsonutil
 from gateway.core import Gateway
 from gateway.errors import AuthenticationFailed, BodyTooLarge, GatewayError, InvalidRequest
 from gateway.http.errors import render
+from gateway.observability.metrics import status_class
 from gateway.pipeline import Reply, RequestContext, StreamReply
 from gateway.shapes import CHECKS
 
@@ -150,9 +151,11 @@ async def handle_llm(request: web.Request, wire: str, operation: str) -> web.Str
         result = await gateway.pipeline.handle(ctx)
     except GatewayError as err:
         _access_log(ctx, request_id, err.status, wire, err.message)
+        _count_failure(gateway, ctx, operation, err.status)
         return error_response(err, wire, request_id)
     except Exception:
         log.exception("unexpected error", extra={"request_id": request_id})
+        _count_failure(gateway, ctx, operation, 500)
         return error_response(GatewayError("internal gateway error"), wire, request_id)
     headers = {**result.headers, **_id_headers(wire, request_id)}
     if isinstance(result, Reply):
@@ -161,6 +164,21 @@ async def handle_llm(request: web.Request, wire: str, operation: str) -> web.Str
             status=result.status, body=result.body, content_type="application/json", headers=headers
         )
     return await _write_stream(request, result, headers, ctx, request_id, wire)
+
+
+def _count_failure(gateway: Gateway, ctx: RequestContext | None, operation: str, status: int) -> None:
+    """A request that ends in an error is traffic too: error-rate panels and alerts read
+    ``requests_total{status_class}``. Labels stay bounded: an unauthenticated caller, an unknown
+    model or an unplanned route is ``-``, never the value the client sent."""
+    known = ctx is not None and ctx.requested_model in gateway.config.models
+    gateway.metrics.requests.labels(
+        ctx.principal.team.name if ctx is not None and ctx.principal else "-",
+        ctx.route if ctx is not None else "-",
+        ctx.requested_model if ctx is not None and known else "-",
+        ctx.served.provider.system if ctx is not None and ctx.served else "-",
+        operation,
+        status_class(status),
+    ).inc()
 
 
 async def _write_stream(

@@ -101,7 +101,7 @@ class BudgetBook:
                 -1
                 if free_nano < req.fixed_nano
                 else (
-                    -(-(free_nano - req.fixed_nano) * 1000 // req.out_price_pico)
+                    (free_nano - req.fixed_nano) * 1000 // req.out_price_pico
                     if req.out_price_pico > 0
                     else out
                 )

@@ -28,6 +28,8 @@ from gateway.store.rollup import hour_bucket, ledger_day
 
 _ROLLUP_TTL_S = 400 * 86400
 _LEDGER_SLACK_MS = 86_400_000  # expired leases land in the stream up to a lease TTL after ts_ms
+# Waiting for a pooled connection: even a hung Redis frees one every socket timeout per pool slot.
+_POOL_WAIT_FACTOR = 10
 
 
 def _lua(name: str) -> str:
@@ -61,12 +63,13 @@ class RedisStore:
 
     def __init__(self, url: str, pool_size: int = 64, socket_timeout_s: float = 0.5) -> None:
         self.url = url
-        # A blocking pool: a burst wider than the pool waits briefly for a free connection; the
-        # plain pool would raise "Too many connections", i.e. a spurious store outage (503 or fail-open).
+        # A blocking pool: a burst wider than the pool queues for a free connection, where the plain
+        # pool raises "Too many connections", i.e. a spurious store outage (503 or fail-open). The
+        # queue is local, so its wait is not a health signal: the socket timeouts are.
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=pool_size,
-            timeout=socket_timeout_s,
+            timeout=_POOL_WAIT_FACTOR * socket_timeout_s,
             socket_timeout=socket_timeout_s,
             socket_connect_timeout=socket_timeout_s,
             health_check_interval=30,

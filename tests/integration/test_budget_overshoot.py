@@ -47,8 +47,12 @@ TEAM = "burst"
 KEY = "sk-burst"
 LIMIT_NANO = 50_000_000  # $0.05
 TOTAL_REQUESTS = 500
-BURST = 320  # released at once; the rest is paced so the budget is drained to the last request
-PACED_OVER_S = 2.5
+BURST = 300  # released at once: the widest race for the budget
+PACED = 100  # then spread over PACED_OVER_S, racing with the burst's stragglers
+PACED_OVER_S = 1.0
+# The last 100 go one at a time: each sees every earlier request settled, so a denial among them
+# proves the budget really had no room left (see check_property's lower bound).
+SEQUENTIAL = TOTAL_REQUESTS - BURST - PACED
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 UPSTREAM = {"gpt-4o": "mock-gpt", "claude-sonnet": "mock-claude"}
 WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
@@ -204,15 +208,20 @@ def _sse_cost(raw: bytes) -> int | None:
 
 
 async def run_load(bases: list[str], shots: list[Shot]) -> list[Outcome]:
-    """All 500 start together; the first BURST fire at once, the rest are spread over PACED_OVER_S."""
-    paced = len(shots) - BURST
-    delays = [0.0] * BURST + [0.3 + PACED_OVER_S * i / paced for i in range(paced)]
+    """BURST at once plus PACED spread over PACED_OVER_S, all concurrent; then SEQUENTIAL one by one."""
+    delays = [0.0] * BURST + [PACED_OVER_S * i / PACED for i in range(PACED)]
+    concurrent = BURST + PACED
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        return await asyncio.gather(
-            *(fire(session, bases[i % len(bases)], s, delays[i]) for i, s in enumerate(shots))
+        outcomes = list(
+            await asyncio.gather(
+                *(fire(session, bases[i % len(bases)], shots[i], delays[i]) for i in range(concurrent))
+            )
         )
+        for i in range(concurrent, len(shots)):
+            outcomes.append(await fire(session, bases[i % len(bases)], shots[i], 0.0))
+    return outcomes
 
 
 # ---------------------------------------------------------------------- reading the books
@@ -305,8 +314,13 @@ def check_property(outcomes: list[Outcome], scope: dict[str, Any], ledger: list[
     assert scope["reserved_usd"] == "0.000000000"
     assert scope["limit_usd"] == "0.050000000"
     spent = usd_to_nano(scope["spent_usd"])
-    largest = max(o.shot.need_nano() for o in outcomes)
     assert spent <= LIMIT_NANO
+    # The lower bound: a request denied while nothing else was in flight proves that the remaining
+    # budget was below its own need; later requests only spend more. So once the sequential tail has
+    # seen a denial, less than the largest single request's need can be left unspent.
+    tail = outcomes[BURST + PACED :]
+    assert any(o.status == 429 for o in tail), "the budget was never exhausted"
+    largest = max(o.shot.need_nano() for o in outcomes)
     print("STATS", statuses, spent, largest, LIMIT_NANO - spent)
     assert spent >= LIMIT_NANO - largest, (spent, largest)
 

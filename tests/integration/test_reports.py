@@ -9,6 +9,7 @@ The CLI reads the store directly: for the embedded store it runs after the gatew
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import os
@@ -19,7 +20,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -31,6 +32,7 @@ import orjson
 import pytest
 import yaml
 
+from gateway.cli import main as cli_main
 from gateway.metering.pricing import PriceCatalog, nano_to_usd_str
 from gateway.metering.report import FOCUS_COLUMNS, METRIC_COLUMNS, validate_focus_rows
 from tests.harness import ADMIN_TOKEN, ROOT, GatewayProc, MockProvider, RedisServer, base_config, write_config
@@ -171,7 +173,9 @@ def iso(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def wait_for_ledger(read: Any, want: set[str], timeout: float = 15.0) -> list[dict[str, Any]]:
+def wait_for_ledger(
+    read: Callable[[], list[dict[str, Any]]], want: set[str], timeout: float = 15.0
+) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     while True:
         records = read()
@@ -209,26 +213,54 @@ def admin_get(url: str, since: str, until: str, by: str, fmt: str) -> str:
 
 
 def cli_report(config: Path, since: str, until: str, by: str, fmt: str, redis_url: str | None) -> str:
+    """``gateway report`` in-process (an interpreter start per format would dominate the runtime);
+    :func:`cli_report_process` runs the real command line once per backend."""
+    argv = [
+        "report",
+        "--config",
+        str(config),
+        "--since",
+        since,
+        "--until",
+        until,
+        "--by",
+        by,
+        "--format",
+        fmt,
+    ]
+    saved = os.environ.pop("GATEWAY_REDIS_URL", None)
+    if redis_url:
+        os.environ["GATEWAY_REDIS_URL"] = redis_url
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            assert cli_main(argv) == 0
+    finally:
+        os.environ.pop("GATEWAY_REDIS_URL", None)
+        if saved is not None:
+            os.environ["GATEWAY_REDIS_URL"] = saved
+    return out.getvalue()
+
+
+def cli_report_process(config: Path, since: str, until: str, by: str, fmt: str, redis_url: str | None) -> str:
     env = {k: v for k, v in os.environ.items() if k != "GATEWAY_REDIS_URL"}
     if redis_url:
         env["GATEWAY_REDIS_URL"] = redis_url
+    args = [
+        "report",
+        "--config",
+        str(config),
+        "--since",
+        since,
+        "--until",
+        until,
+        "--by",
+        by,
+        "--format",
+        fmt,
+    ]
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gateway",
-            "report",
-            "--config",
-            str(config),
-            "--since",
-            since,
-            "--until",
-            until,
-            "--by",
-            by,
-            "--format",
-            fmt,
-        ],
+        [sys.executable, "-m", "gateway", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -275,6 +307,9 @@ def run(
             proc.stop()  # the CLI replays the embedded store's state dir: never beside a live gateway
         for by, fmt in REPORTS:
             result.cli[f"{by}|{fmt}"] = cli_report(config, since, until, by, fmt, redis_url)
+        result.cli["process|focus"] = cli_report_process(
+            config, since, until, "team,model", "focus", redis_url
+        )
         yield result
     finally:
         proc.stop()
@@ -289,8 +324,8 @@ def ledger_cost(run: Run) -> int:
     return sum(int(r["cost_nano"]) for r in run.ledger)
 
 
-def expected_groups(run: Run, with_tag: bool) -> dict[tuple[str, ...], dict[str, int]]:
-    groups: dict[tuple[str, ...], dict[str, int]] = defaultdict(Counter)  # type: ignore[arg-type]
+def expected_groups(run: Run, with_tag: bool) -> dict[tuple[str, ...], Counter[str]]:
+    groups: dict[tuple[str, ...], Counter[str]] = defaultdict(Counter)
     for r in run.ledger:
         # The tag dimension puts a record in one group per key=value pair, an untagged one in "".
         pairs = ([f"{k}={v}" for k, v in sorted(r["tags"].items())] or [""]) if with_tag else [""]
@@ -364,6 +399,7 @@ def test_json_report_adds_up_to_the_ledger(run: Run, source: str) -> None:
 
 
 def test_admin_and_cli_agree(run: Run) -> None:
+    assert run.cli["process|focus"] == run.cli["team,model|focus"]  # the real command line, once
     for key in run.admin:
         admin, cli = run.admin[key], run.cli[key]
         if key.endswith("|json"):
@@ -423,6 +459,14 @@ def test_focus_export_validates_and_bills_the_ledger(run: Run, source: str) -> N
 # ---------------------------------------------------------------- price catalog import
 
 
+def policy_check(path: Path) -> tuple[int, str]:
+    """``gateway policy check`` in-process (the import above already ran the real command line)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli_main(["policy", "check", str(path)])
+    return code, out.getvalue()
+
+
 def test_prices_import_produces_a_catalog_a_config_can_use(tmp_path: Path, mock: MockProvider) -> None:
     catalog_path = tmp_path / "imported.yaml"
     done = subprocess.run(
@@ -458,27 +502,31 @@ def test_prices_import_produces_a_catalog_a_config_can_use(tmp_path: Path, mock:
     }
     cfg["teams"]["other"]["models"] = ["gpt-4o"]
     good = write_config(tmp_path, cfg)
-    check = subprocess.run(
-        [sys.executable, "-m", "gateway", "policy", "check", str(good)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
-    assert check.returncode == 0, check.stdout + check.stderr
-    assert "valid (2 models" in check.stdout
+    code, out = policy_check(good)
+    assert code == 0, out
+    assert "valid (2 models" in out
 
     # The catalog is really what the check read: a model it lacks is refused.
     cfg["models"]["mystery"] = {"deployments": [{"provider": "mock-openai", "model": "mock-gpt"}]}
     bad = write_config(tmp_path, cfg, "bad.yaml")
-    check = subprocess.run(
-        [sys.executable, "-m", "gateway", "policy", "check", str(bad)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
-    assert check.returncode == 1
-    assert "INVALID" in check.stdout and "mock-gpt" in check.stdout
+    code, out = policy_check(bad)
+    assert code == 1
+    assert "INVALID" in out and "mock-gpt" in out
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "by"),
+    [
+        ("2026-12-01", "2026-11-01", "team"),
+        ("2026-11-01", "2026-12-01", "team,nope"),
+        ("soon", "later", "team"),
+    ],
+)
+def test_cli_report_usage_errors_exit_2(
+    tmp_path: Path, mock: MockProvider, capsys: pytest.CaptureFixture[str], since: str, until: str, by: str
+) -> None:
+    config = write_config(tmp_path, base_config(mock.url))
+    argv = ["report", "--config", str(config), "--since", since, "--until", until, "--by", by]
+    assert cli_main(argv) == 2
+    assert capsys.readouterr().err.startswith("error: ")
+    assert not (tmp_path / "state").exists()  # refused before the store was opened

@@ -364,7 +364,9 @@ class BookMachine(RuleBasedStateMachine):
         rpm=st.sampled_from([None, None, None, 0, 1, 3, 6]),
         tpm=st.one_of(st.none(), st.none(), st.integers(0, 20_000)),
     )
-    def start(self, team_usd: int, team_tok: int, key_usd: int, key_tok: int, rpm: int | None, tpm: int | None) -> None:
+    def start(
+        self, team_usd: int, team_tok: int, key_usd: int, key_tok: int, rpm: int | None, tpm: int | None
+    ) -> None:
         self.set_limits(team_usd, team_tok, key_usd, key_tok)
         self.set_rate_limits(rpm, tpm)
 
@@ -426,7 +428,9 @@ class BookMachine(RuleBasedStateMachine):
             for bound, limit in ((self.bound_usd, s.usd_limit_nano), (self.bound_tok, s.token_limit)):
                 cap = float("inf") if limit == UNLIMITED else limit
                 bound[s.counter] = max(bound.get(s.counter, 0), cap)
-        self._check_reserve(res, lease_id, sc, rates, before, fixed_nano, fixed_tokens, price, out_max, out_min)
+        self._check_reserve(
+            res, lease_id, sc, rates, before, fixed_nano, fixed_tokens, price, out_max, out_min
+        )
 
     def _check_reserve(
         self,
@@ -476,7 +480,9 @@ class BookMachine(RuleBasedStateMachine):
             caps["tokens"] = free_tok - fixed_tokens
         out = min(caps.values())
         if out < out_min or out < 0:
-            reason = "tokens" if caps.get("tokens", out_max) < min(out_max, caps.get("usd", out_max)) else "usd"
+            reason = (
+                "tokens" if caps.get("tokens", out_max) < min(out_max, caps.get("usd", out_max)) else "usd"
+            )
             event(f"reserve: denied ({reason}, {'flexible' if out_min < out_max else 'fixed'})")
             assert (res.ok, res.reason, res.scope) == (False, reason, free[reason][1])
             assert (res.out_tokens, res.reserved_nano, res.reserved_tokens) == (0, 0, 0)

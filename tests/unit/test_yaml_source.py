@@ -395,7 +395,7 @@ def test_all_problems_are_collected_before_failing() -> None:
 
 @given(
     name=st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,10}", fullmatch=True),
-    value=st.text(st.characters(blacklist_categories=("Cs",)), max_size=20),
+    value=st.text(st.characters(exclude_categories=["Cs"]), max_size=20),
 )
 def test_interpolate_substitutes_any_value_verbatim(name: str, value: str) -> None:
     missing: list[str] = []

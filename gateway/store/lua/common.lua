@@ -38,8 +38,8 @@ local function expire_lease(budget, zset, leases, ledger, id, now)
     local p = split(data)
     local cost, tok = tonumber(p[1]), tonumber(p[2])
     for i = 5, #p do
-      redis.call('HINCRBY', budget, p[i] .. '|rn', -cost)
-      redis.call('HINCRBY', budget, p[i] .. '|rt', -tok)
+      redis.call('HINCRBY', budget, p[i] .. '|rn', 0 - cost)  -- not -cost: see settle.lua
+      redis.call('HINCRBY', budget, p[i] .. '|rt', 0 - tok)
       redis.call('HINCRBY', budget, p[i] .. '|sn', cost)
       redis.call('HINCRBY', budget, p[i] .. '|st', tok)
     end

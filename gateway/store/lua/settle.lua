@@ -7,9 +7,10 @@ local data = redis.call('HGET', leases, id)
 if not data then return 0 end
 local p = split(data)
 local rcost, rtok, ratekey, tpm = tonumber(p[1]), tonumber(p[2]), p[3], p[4]
+-- '0 - x', never '-x': for x == 0 that is the double -0, sent as "-0", which HINCRBY rejects.
 for i = 5, #p do
-  redis.call('HINCRBY', budget, p[i] .. '|rn', -rcost)
-  redis.call('HINCRBY', budget, p[i] .. '|rt', -rtok)
+  redis.call('HINCRBY', budget, p[i] .. '|rn', 0 - rcost)
+  redis.call('HINCRBY', budget, p[i] .. '|rt', 0 - rtok)
   redis.call('HINCRBY', budget, p[i] .. '|sn', cost)
   redis.call('HINCRBY', budget, p[i] .. '|st', tokens)
 end
