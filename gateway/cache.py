@@ -89,9 +89,17 @@ def decide(
     return CacheDecision("no-cache" not in control, True, ttl, namespace, "")
 
 
-def cache_key(namespace: str, inbound: str, operation: str, model: str, body: dict[str, Any]) -> str:
+def cache_key(
+    namespace: str,
+    inbound: str,
+    operation: str,
+    model: str,
+    body: dict[str, Any],
+    vary: dict[str, str] | None = None,
+) -> str:
+    """``vary``: the client headers forwarded upstream (they can change the answer, e.g. anthropic-beta)."""
     relevant = {k: v for k, v in body.items() if k not in NON_OUTPUT_FIELDS}
-    material = jsonutil.dumps_sorted([namespace, inbound, operation, model, relevant])
+    material = jsonutil.dumps_sorted([namespace, inbound, operation, model, relevant, vary or {}])
     return hashlib.sha256(material).hexdigest()
 
 

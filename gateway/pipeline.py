@@ -33,7 +33,7 @@ from gateway.metering.tokens import TokenCounter, byte_upper_bound_chat, byte_up
 from gateway.metering.usage import Usage
 from gateway.observability.metrics import Metrics, status_class
 from gateway.policy.engine import Decision, Facts
-from gateway.providers.base import Timeouts
+from gateway.providers.base import Timeouts, forwarded_headers
 from gateway.providers.relay import StreamRelay, convert_body, error_event, stream_relay
 from gateway.providers.translate import UpstreamStreamError
 from gateway.tagging import extract as extract_tags
@@ -71,6 +71,7 @@ class RequestContext:
     status: int = 200
     error: str = ""
     prompt_bound: int = 0
+    cache_vary: dict[str, str] | None = None  # forwarded client headers: part of the cache key
     cache_lead: tuple[str, str] | None = None  # (namespace, key) this request leads for its peers
 
 
@@ -260,7 +261,8 @@ class Pipeline:
         self, ctx: RequestContext, decision: CacheDecision, model: ModelSpec
     ) -> Reply | StreamReply | None:
         assert ctx.principal is not None
-        key = cache_key(decision.namespace, ctx.inbound, ctx.operation, model.name, ctx.body)
+        ctx.cache_vary = forwarded_headers(model.deployments[0].provider, ctx.headers)
+        key = cache_key(decision.namespace, ctx.inbound, ctx.operation, model.name, ctx.body, ctx.cache_vary)
         ctx.cache = "miss"
         entry = (
             await self.cache.get(decision.namespace, key, ctx.principal.team.name) if decision.read else None
@@ -681,7 +683,7 @@ class Pipeline:
 
     def _cache_write(self, ctx: RequestContext, cache: CacheDecision, model: str, entry: CacheEntry) -> None:
         """Store under the model that actually answered (a fallback never fills the primary's slot)."""
-        key = cache_key(cache.namespace, ctx.inbound, ctx.operation, model, ctx.body)
+        key = cache_key(cache.namespace, ctx.inbound, ctx.operation, model, ctx.body, ctx.cache_vary)
         self.cache.finish(key, entry)
         lead, ctx.cache_lead = ctx.cache_lead, None
         if lead is not None and lead[1] != key:

@@ -122,6 +122,8 @@ def check_openai_embeddings(body: dict[str, Any]) -> None:
     if not isinstance(value, str | list) or value in ([], ""):
         raise InvalidRequest("`input` must be a non-empty string or array", param="input")
     _optional_int(body, "dimensions", 1, MAX_TOKENS)
+    if body.get("stream") is not None and body.get("stream") is not False:
+        raise InvalidRequest("embeddings cannot be streamed", param="stream")
 
 
 def check_anthropic_messages(body: dict[str, Any]) -> None:

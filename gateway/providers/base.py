@@ -54,13 +54,22 @@ def outgoing_headers(
     """Headers for the upstream call: the gateway's request id, allow-listed client headers, the
     provider's configured headers. The client's credentials are never among them."""
     headers = {"content-type": "application/json", "x-request-id": request_id}
-    if provider.forward is not None:
-        for name, value in client_headers.items():
-            lowered = name.lower()
-            if lowered not in _NEVER_FORWARD and provider.forward.match(lowered):
-                headers[lowered] = value
+    headers.update(forwarded_headers(provider, client_headers))
     headers.update(provider.headers)
     return headers
+
+
+def forwarded_headers(provider: ProviderSpec, client_headers: Mapping[str, str]) -> dict[str, str]:
+    """The client headers this provider receives (its ``forward_headers`` allow-list): they can change
+    the answer (``anthropic-beta``), so they are also part of the response cache key."""
+    if provider.forward is None:
+        return {}
+    out = {}
+    for name, value in client_headers.items():
+        lowered = name.lower()
+        if lowered not in _NEVER_FORWARD and provider.forward.match(lowered):
+            out[lowered] = value
+    return out
 
 
 @dataclass(slots=True)

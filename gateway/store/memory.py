@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import time
 from collections import OrderedDict
 from pathlib import Path
@@ -56,6 +57,7 @@ class MemoryStore:
         self._ledger_day = ""
         self._ledger_day_num = -1
         self._next_expiry_ms = 0
+        self._epoch = ""  # the journal generation the snapshot expects next (see _load)
         self._fsync_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -65,6 +67,7 @@ class MemoryStore:
         self._load()
         self._compact()
         self._journal_fd = os.open(self.dir / "journal.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._log({"op": "epoch", "id": self._epoch})
         loop = asyncio.get_running_loop()
         self._fsync_task = loop.create_task(self._fsync_loop(), name="memory-store-fsync")
 
@@ -117,11 +120,13 @@ class MemoryStore:
             self._restore(jsonutil.loads(snapshot.read_bytes()))
         journal = self.dir / "journal.jsonl"
         if journal.exists():
-            for line in journal.read_bytes().splitlines():
+            for n, line in enumerate(journal.read_bytes().splitlines()):
                 try:
                     op = jsonutil.loads(line)
                 except jsonutil.JSONDecodeError:
                     continue  # a torn last line from a crash mid-write: that request was in flight
+                if n == 0 and op["op"] == "epoch" and op["id"] != self._epoch:
+                    break  # a crash between snapshot and unlink: the snapshot holds this journal already
                 self._replay(op)
         now = int(time.time() * 1000)
         for lease in list(self.book.leases.values()):
@@ -174,12 +179,14 @@ class MemoryStore:
         self.teams_seen = set(snap.get("teams", []))
         self.seen_ms = dict(snap.get("seen", {}))
         self.book.seen = set(self.seen_ms)
+        self._epoch = str(snap.get("epoch", ""))
 
     def _compact(self) -> None:
         """Write the replayed state as a snapshot and start an empty journal (atomic rename)."""
         now = int(time.time() * 1000)
         self.seen_ms = {rid: ts for rid, ts in self.seen_ms.items() if now - ts < _SEEN_TTL_MS}
         self.book.seen = set(self.seen_ms)
+        self._epoch = secrets.token_hex(8)  # the next journal starts with it; an older one is absorbed
         snap = {
             "usage": {
                 c: {
@@ -197,6 +204,7 @@ class MemoryStore:
             "revoked_version": self.revoked_version,
             "teams": sorted(self.teams_seen),
             "seen": self.seen_ms,
+            "epoch": self._epoch,
         }
         tmp = self.dir / "snapshot.json.tmp"
         with open(tmp, "wb") as fh:

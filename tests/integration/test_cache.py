@@ -597,7 +597,7 @@ async def test_large_entries_are_compressed_and_round_trip(stack: Stack, http: a
     assert hit.cache == "hit" and hit.raw == miss.raw
     assert (await post(http, stack.url, small)).raw == small_miss.raw
     if stack.redis_url:  # look at the stored bytes themselves
-        stored = _stored(stack, "team:always", "chat", "gpt-4o", big)
+        stored = _stored(stack, "team:always", "chat", "gpt-4o", big, vary=long_answer)
         assert stored is not None and stored[: len(MAGIC) + 1] == MAGIC + b"\x01"
         assert len(stored) < len(miss.raw) // 4
         assert decode_entry(stored).body == miss.raw
@@ -605,10 +605,18 @@ async def test_large_entries_are_compressed_and_round_trip(stack: Stack, http: a
         assert raw_small is not None and raw_small[: len(MAGIC) + 1] == MAGIC + b"\x00"
 
 
-def _stored(stack: Stack, namespace: str, operation: str, model: str, body: dict[str, Any]) -> bytes | None:
-    """The raw cache value in Redis (layout: gw:{<namespace>}:c:<key>, see gateway.store.redis)."""
+def _stored(
+    stack: Stack,
+    namespace: str,
+    operation: str,
+    model: str,
+    body: dict[str, Any],
+    vary: dict[str, str] | None = None,
+) -> bytes | None:
+    """The raw cache value in Redis (layout: gw:{<namespace>}:c:<key>, see gateway.store.redis).
+    ``vary``: the forwarded request headers (x-mock-* here), which are part of the key."""
     assert stack.redis_url is not None
-    key = cache_key(namespace, "openai", operation, model, body)
+    key = cache_key(namespace, "openai", operation, model, body, vary)
     client = redis.Redis.from_url(stack.redis_url)
     try:
         value = client.get(f"gw:{{{namespace}}}:c:{key}")
@@ -693,3 +701,14 @@ async def test_redis_failure_fails_open(
     finally:
         gw.stop()
         server.stop()
+
+
+async def test_forwarded_headers_are_part_of_the_key(stack: Stack, http: aiohttp.ClientSession) -> None:
+    """A header the provider receives (here x-mock-*, like anthropic-beta in production) can change the
+    answer, so two requests that differ only in it never share an entry."""
+    body = chat()
+    first = await post(http, stack.url, body, headers={"x-mock-completion-tokens": "3"})
+    other = await post(http, stack.url, body, headers={"x-mock-completion-tokens": "5"})
+    again = await post(http, stack.url, body, headers={"x-mock-completion-tokens": "3"})
+    assert first.cache == "miss" and other.cache == "miss" and again.cache == "hit"
+    assert again.raw == first.raw != other.raw

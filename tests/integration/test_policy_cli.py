@@ -245,15 +245,18 @@ def test_example_auto_routing(tmp_path: Path, mock: MockProvider) -> None:
 
 def test_example_budget_tier_downgrade(tmp_path: Path, mock: MockProvider) -> None:
     with serve_example(tmp_path, "budget-tier-downgrade.yaml", MOCK_URL=mock.url) as gw:
-        # Each request on gpt-4o is billed 40M prompt tokens at $1/1M: $40, 8 % of the $500 budget.
-        spend = {"x-mock-prompt-tokens": "40000000"}
-        seen: list[tuple[str, str]] = []
-        for _ in range(16):
-            seen.append(routed(chat(gw, "sk-product", "gpt-4o", spend)))
-            if seen[-1][0] != "default":
+        # Each request on gpt-4o is billed 25M prompt tokens at $1/1M: $25, 5 % of the $500 budget.
+        spend = {"x-mock-prompt-tokens": "25000000"}
+        spent, seen = 0.0, []
+        for _ in range(25):
+            status, body, headers = chat(gw, "sk-product", "gpt-4o", spend)
+            assert status == 200, body
+            seen.append((headers["x-gateway-route"], headers["x-gateway-model"], spent))
+            if headers["x-gateway-route"] != "default":
                 break
-        assert seen[-1] == ("budget-downgrade", "gpt-4o-mini"), seen
-        assert 10 <= len(seen) <= 13, seen  # after 80 % ($400) was spent, at most two requests late
+            spent += float(headers["x-gateway-cost-usd"])
+        assert seen[-1][:2] == ("budget-downgrade", "gpt-4o-mini"), seen
+        assert 400 - 0.01 <= seen[-1][2] <= 475, seen  # after 80 % ($400) was spent, never before
         _, _, headers = chat(gw, "sk-product", "claude-sonnet", max_tokens=4000)
         assert (headers["x-gateway-route"], headers["x-gateway-model"]) == ("budget-downgrade", "gpt-4o-mini")
         assert http_json("GET", mock.url + "/_mock/stats")[1]["last_body"]["max_tokens"] == 1024  # the cap

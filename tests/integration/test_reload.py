@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -129,6 +130,7 @@ def test_hot_reload_under_load_fails_no_request(setup: tuple[GatewayProc, Path],
             assert (status, body) == (200, {"reloaded": True})
             # The very next request runs under the new rule.
             assert route(gw) == (f"v{version}", TARGETS[version % len(TARGETS)])
+            time.sleep(0.1)  # let the load run under this policy for a moment
     assert load.errors == []
     assert sum(load.statuses.values()) > 50, load.statuses  # the load really ran across the reloads
     assert set(load.routes) <= {f"v{i}" for i in range(6)}
@@ -200,8 +202,6 @@ def test_spend_survives_a_reload(setup: tuple[GatewayProc, Path], mock: MockProv
 
 def wait_for_spend(gw: GatewayProc, minimum: float, timeout: float = 5.0) -> float:
     """Settlement runs just after the response: poll until it is visible."""
-    import time
-
     deadline = time.monotonic() + timeout
     while True:
         spent = spent_usd(gw)

@@ -168,7 +168,7 @@ def test_429_is_retried_after_its_retry_after(gw: GatewayProc, mock: MockProvide
     code, _, hdrs = chat(gw, "gpt-4o", headers)
     elapsed = time.monotonic() - started
     assert code == 200 and hdrs["x-gateway-model"] == "gpt-4o"
-    assert 1.0 <= elapsed < 1.8  # waited the upstream's 1 s, not the 20-100 ms backoff
+    assert 1.0 <= elapsed < 3.0  # waited the upstream's 1 s, not the 20-100 ms backoff
     assert upstream_requests(mock) - before == 2
 
 
@@ -181,8 +181,10 @@ def test_a_retry_after_longer_than_allowed_moves_on_at_once(
     elapsed = time.monotonic() - started
     assert code == 200, body
     assert hdrs["x-gateway-model"] == "backup"
-    assert elapsed < 0.9  # max_retry_after_s is 0.5: the 1 s Retry-After was not waited for
+    # max_retry_after_s is 0.5: the 1 s Retry-After was not waited for (that would have been a
+    # second 429 on gpt-4o before the fallback).
     assert upstream_requests(mock) - before == 2
+    assert elapsed < 1.0
 
 
 def test_overall_deadline_is_respected(gw_deadline: GatewayProc, mock: MockProvider) -> None:
@@ -353,7 +355,7 @@ def test_circuit_breaker_opens_skips_probes_and_closes(tmp: Path) -> None:
     }
     cfg["routing"] = {
         "retry": {"max_attempts": 1},
-        "breaker": {"consecutive_failures": 2, "cooldown_s": 1.0, "min_requests": 100},
+        "breaker": {"consecutive_failures": 2, "cooldown_s": 1.5, "min_requests": 100},
         "fallbacks": {"primary": ["secondary"]},
     }
     gw = GatewayProc(write_config(tmp, cfg, "breaker.yaml"))
@@ -378,19 +380,17 @@ def test_circuit_breaker_opens_skips_probes_and_closes(tmp: Path) -> None:
         assert primary_errors() == 2
         assert breaker_open() == 1
         # Open: traffic goes straight to the fallback without touching the broken deployment.
-        started = time.monotonic()
-        assert {served_by() for _ in range(5)} == {"secondary"}
+        assert {served_by() for _ in range(3)} == {"secondary"}
         assert primary_errors() == 2
-        assert time.monotonic() - started < 1.0  # (still inside the cooldown)
         # Half-open after the cooldown: one probe; it fails and re-opens the circuit.
-        time.sleep(1.1)
+        time.sleep(1.6)
         assert served_by() == "secondary"
         assert primary_errors() == 3
         assert served_by() == "secondary"
         assert primary_errors() == 3  # re-opened: the next request did not touch it
         # The deployment recovers; after the next cooldown the probe succeeds and closes the circuit.
         revived = PinnedMock(tmp, flaky.port)
-        time.sleep(1.1)
+        time.sleep(1.6)
         assert served_by() == "primary"
         assert breaker_open() == 0
         assert [served_by(), served_by()] == ["primary", "primary"]
@@ -419,10 +419,10 @@ def test_budget_tier_downgrade_switches_model_past_80_percent(tmp: Path, mock: M
     }
     gw = GatewayProc(write_config(tmp, cfg, "budget.yaml"))
     try:
-        # Each request on gpt-4o is billed for 100k prompt tokens at $1/1M: $0.10 of the $1 budget.
-        spend_hdr = {"x-mock-prompt-tokens": "100000"}
+        # Each request on gpt-4o is billed for 50k prompt tokens at $1/1M: $0.05 of the $1 budget.
+        spend_hdr = {"x-mock-prompt-tokens": "50000"}
         spent, served = 0.0, []
-        for _ in range(15):
+        for _ in range(25):
             code, body, hdrs = chat(gw, "gpt-4o", spend_hdr)
             assert code == 200, body
             served.append((hdrs["x-gateway-route"], hdrs["x-gateway-model"], spent))
@@ -434,7 +434,7 @@ def test_budget_tier_downgrade_switches_model_past_80_percent(tmp: Path, mock: M
         assert all(m == "gpt-4o" for _, m, _ in served[:-1])
         # The rule sees the utilization recorded by the previous reservations: it switches once
         # spend passes 80 %, at most a couple of requests late, never early.
-        assert 0.8 - 0.001 <= spent_before <= 1.0, served
+        assert 0.8 - 0.001 <= spent_before <= 0.95, served
         # It stays switched.
         code, _, hdrs = chat(gw, "gpt-4o")
         assert (hdrs["x-gateway-route"], hdrs["x-gateway-model"]) == ("budget-downgrade", "gpt-4o-mini")
