@@ -17,12 +17,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from gateway import jsonutil
 from gateway.config.runtime import UNLIMITED, BudgetSpec, Principal
 from gateway.errors import BudgetExceeded, RateLimited, StoreUnavailable
 from gateway.metering.pricing import Rates, nano_to_usd_str
@@ -131,6 +134,7 @@ class BudgetManager:
         self.utilization: dict[str, float] = {}  # team -> last known share of its budget used
         self._crossed: dict[str, float] = {}
         self._reconciler: asyncio.Task[None] | None = None
+        self._spilled: list[Path] = []
         # Scopes and limits per principal for the current minute: period ids only change on minute
         # boundaries (UTC midnight), so this is exact, and spares a calendar computation per request.
         self._limits: dict[int, tuple[Principal, int, list[ScopeLimit], list[RateLimit]]] = {}
@@ -305,8 +309,16 @@ class BudgetManager:
         if res.mode == "none":
             self._queue_record(res.team, record, cost_nano, tokens, [])
             return
-        self.pending_settles.append(Settlement(team=res.team, lease_id=res.lease_id, cost_nano=cost_nano,
-                                               tokens=tokens, record=record, now_ms=int(time.time() * 1000)))
+        self.pending_settles.append(
+            Settlement(
+                team=res.team,
+                lease_id=res.lease_id,
+                cost_nano=cost_nano,
+                tokens=tokens,
+                record=record,
+                now_ms=int(time.time() * 1000),
+            )
+        )
         self._ensure_reconciler()
 
     def submit_record(
@@ -375,6 +387,8 @@ class BudgetManager:
             try:
                 await self.flush_once()
                 delay = 0.05
+                if not (self.pending or self.pending_settles):
+                    self._forget_spills()
             except StoreError:
                 self.metrics.store_errors.labels("settle").inc()
                 self.metrics.ledger_pending.labels().set(len(self.pending) + len(self.pending_settles))
@@ -391,8 +405,11 @@ class BudgetManager:
             for settlement, settled in zip(batch, results, strict=True):
                 self.pending_settles.popleft()
                 if not settled:
-                    log.warning("lease %s had already expired into spend; actual cost %s not applied twice",
-                                settlement.lease_id, nano_to_usd_str(settlement.cost_nano))
+                    log.warning(
+                        "lease %s had already expired into spend; actual cost %s not applied twice",
+                        settlement.lease_id,
+                        nano_to_usd_str(settlement.cost_nano),
+                    )
         while self.pending:
             batch_records = list(itertools.islice(self.pending, _BATCH))
             await self.store.record_many([(t, r, c, n, s) for t, r, c, n, s in batch_records])
@@ -401,8 +418,97 @@ class BudgetManager:
                 if scopes:
                     self.guard.adjust(scopes, -cost)  # now counted in the store, not only here
 
-    async def drain(self, timeout: float) -> None:
-        """Graceful shutdown: write what is queued, within the deadline."""
+    async def drain(self, timeout: float, spill_dir: Path | None = None) -> None:
+        """Graceful shutdown: write what is queued within the deadline; if the store cannot take it
+        (it is down), spill it to ``spill_dir`` so the next start reconciles it: nothing is lost."""
         if self._reconciler is not None:
-            with contextlib.suppress(TimeoutError, StoreError):
-                await asyncio.wait_for(asyncio.shield(self._reconciler), timeout)
+            self._reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reconciler
+        deadline = time.monotonic() + timeout
+        while (self.pending or self.pending_settles) and time.monotonic() < deadline:
+            try:
+                await asyncio.wait_for(self.flush_once(), max(0.01, deadline - time.monotonic()))
+            except (StoreError, TimeoutError):
+                break
+        if not (self.pending or self.pending_settles):
+            self._forget_spills()
+        elif spill_dir is not None:
+            self.spill(spill_dir)
+
+    def _forget_spills(self) -> None:
+        for path in self._spilled:  # replayed spills are in the store now
+            path.unlink(missing_ok=True)
+        self._spilled.clear()
+
+    def spill(self, spill_dir: Path) -> Path:
+        """Write the queued settlements and records to a file that ``load_spills`` replays later."""
+        spill_dir.mkdir(parents=True, exist_ok=True)
+        path = spill_dir / f"spill-{os.getpid()}-{int(time.time() * 1000)}.jsonl"
+        lines = [
+            jsonutil.dumps(
+                {
+                    "kind": "settle",
+                    "team": s.team,
+                    "lease_id": s.lease_id,
+                    "cost_nano": s.cost_nano,
+                    "tokens": s.tokens,
+                    "record": s.record,
+                    "now_ms": s.now_ms,
+                }
+            )
+            for s in self.pending_settles
+        ]
+        lines += [
+            jsonutil.dumps(
+                {
+                    "kind": "record",
+                    "team": t,
+                    "record": r,
+                    "cost_nano": c,
+                    "tokens": n,
+                    "scopes": [[s.scope, s.period] for s in scopes],
+                }
+            )
+            for t, r, c, n, scopes in self.pending
+        ]
+        tmp = path.with_suffix(".tmp")
+        tmp.write_bytes(b"\n".join(lines) + b"\n")
+        os.replace(tmp, path)
+        log.warning("store unavailable at shutdown: %d settlements spilled to %s", len(lines), path)
+        self.pending.clear()
+        self.pending_settles.clear()
+        return path
+
+    def load_spills(self, spill_dir: Path) -> int:
+        """Queue what an earlier process spilled; the files go once the queue has been written.
+        Replaying twice is harmless: a settle without its lease is a no-op, records are deduplicated."""
+        files = sorted(spill_dir.glob("spill-*.jsonl")) if spill_dir.is_dir() else []
+        count = 0
+        for path in files:
+            for line in path.read_bytes().splitlines():
+                try:
+                    item = jsonutil.loads(line)
+                except jsonutil.JSONDecodeError:
+                    continue
+                if item.get("kind") == "settle":
+                    self.pending_settles.append(
+                        Settlement(
+                            team=item["team"],
+                            lease_id=item["lease_id"],
+                            cost_nano=item["cost_nano"],
+                            tokens=item["tokens"],
+                            record=item["record"],
+                            now_ms=item["now_ms"],
+                        )
+                    )
+                else:
+                    scopes = [ScopeLimit(scope=s, period=p) for s, p in item["scopes"]]
+                    self.pending.append(
+                        (item["team"], item["record"], item["cost_nano"], item["tokens"], scopes)
+                    )
+                count += 1
+        self._spilled.extend(files)
+        if count:
+            self._ensure_reconciler()
+        return count

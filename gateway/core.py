@@ -93,8 +93,15 @@ class Gateway:
 
     # ------------------------------------------------------------------ lifecycle
 
+    @property
+    def spill_dir(self) -> Path:
+        """Where settlements wait if the store is down at shutdown (replayed at the next start)."""
+        state_dir = Path(self.config.source.store.state_dir)
+        return state_dir if state_dir.is_absolute() else Path(self.config.path).parent / state_dir
+
     async def start(self, watch: bool = True) -> None:
         await self.store.start()
+        self.budget.load_spills(self.spill_dir)
         await self.client.start()
         await self.auth.start()
         models = {d.upstream_model for m in self.config.models.values() for d in m.deployments}
@@ -113,7 +120,7 @@ class Gateway:
     async def close(self, grace_s: float = 10.0) -> None:
         self.ready = False
         await self.tasks.drain(grace_s)
-        await self.budget.drain(grace_s)
+        await self.budget.drain(grace_s, self.spill_dir)
         for task in self._background:
             task.cancel()
         for task in self._background:

@@ -1,0 +1,401 @@
+"""BudgetManager: reservations, the errors a denial becomes, and what happens while the store is down.
+
+The store is the real embedded MemoryStore on a temp dir; "down" is a wrapper around it that raises
+StoreError, as RedisStore does when Redis cannot answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.budget import Ask, BudgetManager, Reservation
+from gateway.config.runtime import UNLIMITED, BudgetSpec, CachePolicy, Principal, TeamSpec
+from gateway.errors import BudgetExceeded, RateLimited, StoreUnavailable
+from gateway.metering.pricing import Rates
+from gateway.observability.metrics import Metrics
+from gateway.periods import seconds_until_reset
+from gateway.store.base import (
+    Charge,
+    ReserveRequest,
+    ReserveResult,
+    ScopeLimit,
+    ScopeUsage,
+    Settlement,
+    StoreError,
+)
+from gateway.store.memory import MemoryStore
+
+# 2026-11-28 is a Saturday; 12:00:15 UTC leaves 45 s in the rate-limit window.
+NOW = datetime(2026, 11, 28, 12, 0, 15, tzinfo=UTC)
+# $1 per 1M input tokens (1000 nano each), $2 per 1M output tokens (2000 nano each).
+RATES = Rates(
+    input=1_000_000,
+    cached_input=500_000,
+    cache_write=1_000_000,
+    output=2_000_000,
+    reasoning=2_000_000,
+    provider="mock",
+)
+
+
+class FlakyStore(MemoryStore):
+    """The embedded store with a switch: while ``down`` every budget operation raises StoreError."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.down = False
+        self.record_calls = 0
+
+    def _check(self) -> None:
+        if self.down:
+            raise StoreError("redis: connection refused (test)")
+
+    async def reserve(self, req: ReserveRequest) -> ReserveResult:
+        self._check()
+        return await super().reserve(req)
+
+    async def settle(self, settlement: Settlement) -> bool:
+        self._check()
+        return await super().settle(settlement)
+
+    async def settle_many(self, settlements: list[Settlement]) -> list[bool]:
+        self._check()
+        return await super().settle_many(settlements)
+
+    async def record(
+        self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
+    ) -> bool:
+        self._check()
+        self.record_calls += 1
+        return await super().record(team, record, cost_nano, tokens, scopes)
+
+    async def record_many(self, charges: list[Charge]) -> list[bool]:
+        self._check()
+        return await super().record_many(charges)
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[FlakyStore]:
+    built = FlakyStore(tmp_path / "state")
+    await built.start()
+    yield built
+    await built.close()
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics(CollectorRegistry())
+
+
+def budget(
+    usd_nano: int = UNLIMITED,
+    tokens: int = UNLIMITED,
+    period: str = "monthly",
+    thresholds: tuple[float, ...] = (),
+) -> BudgetSpec:
+    return BudgetSpec(usd_nano, tokens, period, thresholds, action="deny", downgrade_to="")
+
+
+def principal(
+    team_budget: BudgetSpec | None = None,
+    key_budget: BudgetSpec | None = None,
+    *,
+    on_store_error: str = "fail_closed",
+    team_rpm: int | None = None,
+    key_tpm: int | None = None,
+    name: str = "acme",
+) -> Principal:
+    team = TeamSpec(
+        name=name,
+        allow=re.compile(".*"),
+        budget=team_budget,
+        rpm=team_rpm,
+        tpm=None,
+        on_store_error=on_store_error,
+        cache=CachePolicy(mode="off", ttl_s=0, namespace=name),
+        tags={},
+    )
+    return Principal(key_id="k1", team=team, name="key one", budget=key_budget, tpm=key_tpm)
+
+
+_seq = iter(range(10**9))
+
+
+def ask(prompt: int = 100, out: int = 1_000, flexible: bool = False) -> Ask:
+    lease_id = f"req-{next(_seq)}"
+    return Ask(
+        lease_id=lease_id,
+        prompt_tokens_bound=prompt,
+        out_tokens_max=out,
+        flexible=flexible,
+        rates=RATES,
+        intent={"request_id": lease_id, "team": "acme", "ts_ms": int(NOW.timestamp() * 1000)},
+        lease_ttl_ms=60_000,
+    )
+
+
+def ledger_record(res: Reservation, cost: int) -> dict[str, Any]:
+    return {
+        "request_id": res.lease_id,
+        "team": res.team,
+        "ts_ms": int(NOW.timestamp() * 1000),
+        "cost_nano": cost,
+    }
+
+
+def team_scope(p: Principal) -> ScopeLimit:
+    assert p.team.budget is not None
+    return ScopeLimit(f"team:{p.team.name}", "2026-11", p.team.budget.usd_nano, p.team.budget.tokens)
+
+
+async def team_usage(store: FlakyStore, p: Principal) -> ScopeUsage:
+    return (await store.scope_usage(p.team.name, [team_scope(p)]))[team_scope(p).counter]
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+# ---------------------------------------------------------------------------- reservations
+
+
+async def test_reserve_and_settle_through_the_store(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(10_000_000))
+    res = await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    assert (res.mode, res.out_tokens, res.reserved_nano, res.reserved_tokens) == (
+        "store",
+        1_000,
+        2_100_000,
+        1_100,
+    )
+    assert res.remaining_nano == 10_000_000 - 2_100_000
+    assert [s.counter for s in res.scopes] == ["team:acme|2026-11"]
+    assert await team_usage(store, p) == ScopeUsage(0, 0, 2_100_000, 1_100, 0, 1)
+
+    await mgr.settle(res, 700_000, 400, ledger_record(res, 700_000))
+    assert await team_usage(store, p) == ScopeUsage(700_000, 400, 0, 0, 0, 1)
+    assert mgr.utilization["acme"] == pytest.approx(0.21)
+
+
+async def test_no_budget_and_no_limits_reserves_nothing(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    res = await mgr.reserve(principal(), ask(), now=NOW)
+    assert (res.mode, res.scopes, res.reserved_nano, res.remaining_nano) == ("none", [], 0, UNLIMITED)
+
+
+async def test_flexible_ask_gets_what_the_budget_pays_for(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(1_000_000))
+    res = await mgr.reserve(p, ask(prompt=100, out=4_096, flexible=True), now=NOW)
+    # (1_000_000 - 100 * 1000) nano / 2000 nano per output token = 450 tokens.
+    assert (res.out_tokens, res.reserved_nano, res.remaining_nano) == (450, 1_000_000, 0)
+
+
+async def test_soft_thresholds_are_counted_once(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(10_000_000, thresholds=(0.2, 0.5)))
+    await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)  # 21 %
+    await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)  # 42 %
+    labels = {"team": "acme", "scope": "team:acme"}
+    assert sample(metrics, "llm_gateway_budget_threshold_crossings_total", **labels, threshold="0.2") == 1
+    assert sample(metrics, "llm_gateway_budget_threshold_crossings_total", **labels, threshold="0.5") == 0
+    await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)  # 63 %
+    assert sample(metrics, "llm_gateway_budget_threshold_crossings_total", **labels, threshold="0.5") == 1
+
+
+# ---------------------------------------------------------------------------- denials
+
+
+async def test_usd_denial_is_a_429_with_retry_after_the_reset(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(1_000_000, period="monthly"))
+    with pytest.raises(BudgetExceeded) as caught:
+        await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)  # 2.1 M nano > 1 M
+    err = caught.value
+    reset = 2 * 86400 + 12 * 3600 - 15  # to 2026-12-01T00:00:00Z
+    assert seconds_until_reset("monthly", NOW) == reset
+    assert (err.status, err.code) == (429, "budget_exceeded")
+    assert err.headers == {"x-should-retry": "false", "Retry-After": str(reset)}
+    assert "USD budget exceeded for team:acme" in err.message
+    assert "remaining 0.001000000 USD" in err.message and f"resets in {reset}s" in err.message
+    assert sample(metrics, "llm_gateway_budget_denied_requests_total", team="acme", reason="usd") == 1
+    assert (await team_usage(store, p)).denials == 1
+
+
+async def test_key_denial_uses_the_keys_period(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(10**12, period="monthly"), budget(500_000, period="daily"))
+    with pytest.raises(BudgetExceeded) as caught:
+        await mgr.reserve(p, ask(), now=NOW)
+    assert caught.value.headers["Retry-After"] == str(12 * 3600 - 15)  # to midnight UTC
+    assert "for key:k1" in caught.value.message
+
+
+async def test_token_denial_and_a_total_budget_has_no_retry_after(
+    store: FlakyStore, metrics: Metrics
+) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(tokens=1_000, period="total"))
+    with pytest.raises(BudgetExceeded) as caught:
+        await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    err = caught.value
+    assert err.headers == {"x-should-retry": "false"}
+    assert err.message == "token budget exceeded for team:acme"
+    assert sample(metrics, "llm_gateway_budget_denied_requests_total", team="acme", reason="tokens") == 1
+
+
+async def test_rpm_denial_carries_rate_limit_headers(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(team_rpm=2)
+    first = await mgr.reserve(p, ask(), now=NOW)
+    assert (first.mode, first.rate_remaining) == ("store", {"rpm:team:acme": 1})
+    await mgr.reserve(p, ask(), now=NOW)
+    with pytest.raises(RateLimited) as caught:
+        await mgr.reserve(p, ask(), now=NOW)
+    err = caught.value
+    assert (err.status, err.code) == (429, "rate_limit_exceeded")
+    assert err.headers == {
+        "Retry-After": "45",
+        "x-ratelimit-limit-requests": "2",
+        "x-ratelimit-remaining-requests": "0",
+        "x-ratelimit-reset-requests": "45s",
+    }
+    assert sample(metrics, "llm_gateway_rate_limited_requests_total", team="acme", kind="rpm") == 1
+    assert sample(metrics, "llm_gateway_budget_denied_requests_total", team="acme", reason="usd") == 0
+    # The next minute is a new window.
+    later = NOW.replace(minute=1)
+    assert (await mgr.reserve(p, ask(), now=later)).mode == "store"
+
+
+async def test_tpm_denial_on_the_key_reports_both_windows(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(team_rpm=100, key_tpm=2_000)
+    await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)  # 1100 tokens of 2000
+    with pytest.raises(RateLimited) as caught:
+        await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    assert caught.value.headers == {
+        "Retry-After": "45",
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-remaining-requests": "99",
+        "x-ratelimit-reset-requests": "45s",
+        "x-ratelimit-limit-tokens": "2000",
+        "x-ratelimit-remaining-tokens": "900",
+        "x-ratelimit-reset-tokens": "45s",
+    }
+
+
+# ---------------------------------------------------------------------------- store down
+
+
+async def test_fail_closed_answers_503(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    store.down = True
+    with pytest.raises(StoreUnavailable) as caught:
+        await mgr.reserve(principal(budget(10**9)), ask(), now=NOW)
+    assert (caught.value.status, caught.value.code) == (503, "store_unavailable")
+    assert caught.value.headers == {"Retry-After": "1"}
+    assert sample(metrics, "llm_gateway_store_errors_total", operation="reserve") == 1
+
+
+async def test_fail_open_serves_under_the_per_replica_guard(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics, expected_replicas=2)
+    p = principal(budget(10_000_000), on_store_error="fail_open")  # this replica may use 5 M nano
+    store.down = True
+    served = [await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW) for _ in range(2)]  # 2.1 M each
+    assert [(r.mode, r.reserved_nano, r.remaining_nano) for r in served] == [
+        ("local", 2_100_000, UNLIMITED)
+    ] * 2
+    with pytest.raises(BudgetExceeded) as caught:
+        await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    assert caught.value.headers == {"x-should-retry": "false"}
+    assert sample(metrics, "llm_gateway_fail_open_requests_total", team="acme") == 2
+    assert (
+        sample(metrics, "llm_gateway_budget_denied_requests_total", team="acme", reason="fail_open_guard")
+        == 1
+    )
+    # A settled request frees the guard down to its actual cost.
+    await mgr.settle(served[0], 100_000, 10, ledger_record(served[0], 100_000))
+    assert (await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)).mode == "local"
+    store.down = False
+    await mgr.drain(5)
+
+
+async def test_fail_open_spend_is_reconciled_exactly_once(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(10_000_000), on_store_error="fail_open")
+    store.down = True
+    served = [await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW) for _ in range(3)]
+    for i, res in enumerate(served):
+        await mgr.settle(res, 1_000_000 + i, 100, ledger_record(res, 1_000_000 + i))
+    assert len(mgr.pending) == 3 and sum(mgr.guard.spent.values()) == 3_000_003
+
+    store.down = False
+    await mgr.drain(5)  # the reconciler retries with backoff until the store answers
+    assert not mgr.pending and not mgr.pending_settles
+    assert await team_usage(store, p) == ScopeUsage(3_000_003, 300, 0, 0, 0, 0)
+    assert sum(mgr.guard.spent.values()) == 0, "now counted in the store, not locally"
+    rows = await store.ledger("acme", 0, 2 * 10**13)
+    assert sorted(r["request_id"] for r in rows) == sorted(r.lease_id for r in served)
+
+    # A retry of records the store already has (an answer lost on the way back) changes nothing.
+    for i, res in enumerate(served):
+        mgr.pending.append(("acme", ledger_record(res, 1_000_000 + i), 1_000_000 + i, 100, res.scopes))
+    await mgr.flush_once()
+    assert not mgr.pending
+    assert await team_usage(store, p) == ScopeUsage(3_000_003, 300, 0, 0, 0, 0)
+    assert len(await store.ledger("acme", 0, 2 * 10**13)) == 3
+
+
+async def test_settle_while_the_store_is_down_is_queued_and_applied_once(
+    store: FlakyStore, metrics: Metrics
+) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(10_000_000))
+    res = await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    store.down = True
+    await mgr.settle(res, 300_000, 50, ledger_record(res, 300_000))
+    assert [s.lease_id for s in mgr.pending_settles] == [res.lease_id]
+    assert sample(metrics, "llm_gateway_store_errors_total", operation="settle") >= 1
+
+    store.down = False
+    await mgr.drain(5)
+    assert not mgr.pending_settles
+    assert await team_usage(store, p) == ScopeUsage(300_000, 50, 0, 0, 0, 1)
+    # The same settlement again (a retry) is a no-op: the lease is gone.
+    mgr.pending_settles.append(Settlement("acme", res.lease_id, 300_000, 50, ledger_record(res, 300_000)))
+    await mgr.flush_once()
+    assert await team_usage(store, p) == ScopeUsage(300_000, 50, 0, 0, 0, 1)
+    assert len(await store.ledger("acme", 0, 2 * 10**13)) == 1
+
+
+async def test_submit_queues_and_the_flusher_writes(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(10_000_000))
+    reservations = [await mgr.reserve(p, ask(prompt=10, out=10), now=NOW) for _ in range(5)]
+    for res in reservations:
+        mgr.submit(res, 1_000, 5, ledger_record(res, 1_000))
+    mgr.submit_record("acme", {"request_id": "hit-1", "team": "acme", "ts_ms": 1}, 0, 0, [team_scope(p)])
+    await mgr.drain(5)
+    assert not mgr.pending and not mgr.pending_settles
+    assert await team_usage(store, p) == ScopeUsage(5_000, 25, 0, 0, 0, 5)
+    assert sample(metrics, "llm_gateway_ledger_pending_records") == 0
+
+
+async def test_record_while_down_is_queued(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(10_000_000))
+    store.down = True
+    await mgr.record("acme", {"request_id": "hit-9", "team": "acme", "ts_ms": 1}, 7, 1, [team_scope(p)])
+    assert len(mgr.pending) == 1
+    assert sample(metrics, "llm_gateway_store_errors_total", operation="record") == 1
+    store.down = False
+    await mgr.drain(5)
+    assert await team_usage(store, p) == ScopeUsage(7, 1, 0, 0, 0, 0)
