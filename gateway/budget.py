@@ -155,7 +155,11 @@ class BudgetManager:
 
     # ------------------------------------------------------------------ reserve
 
-    async def reserve(self, principal: Principal, ask: Ask, now: datetime | None = None) -> Reservation:
+    async def reserve(
+        self, principal: Principal, ask: Ask, now: datetime | None = None, *, final: bool = True
+    ) -> Reservation:
+        """``final=False`` for an attempt the caller follows with another if denied: a request's
+        denial is counted (store and metrics) once, on its final attempt."""
         now = now or datetime.now(UTC)
         scopes, limits = self._scopes_and_limits(principal, now)
         rates = ask.rates
@@ -180,6 +184,7 @@ class BudgetManager:
             out_tokens_min=1 if ask.flexible and ask.out_tokens_max > 0 else ask.out_tokens_max,
             rate_limits=limits,
             intent=ask.intent,
+            count_denial=final,
         )
         try:
             result = await self.store.reserve(req)
@@ -187,7 +192,7 @@ class BudgetManager:
             self.metrics.store_errors.labels("reserve").inc()
             return self._fail_open(principal, req, exc)
         if not result.ok:
-            raise self._denial(principal, result, scopes, limits, now)
+            raise self._denial(principal, result, scopes, limits, now, final)
         self._note_utilization(principal, scopes, result)
         return Reservation(
             ask.lease_id,
@@ -210,7 +215,8 @@ class BudgetManager:
         out = req.out_tokens_max
         cost = req.fixed_nano + -(-out * req.out_price_pico // 1000)
         if not self.guard.reserve(req.scopes, cost, self.replicas):
-            self.metrics.budget_denied.labels(principal.team.name, "fail_open_guard").inc()
+            if req.count_denial:
+                self.metrics.budget_denied.labels(principal.team.name, "fail_open_guard").inc()
             raise BudgetExceeded(
                 "budget guard reached while the budget store is unavailable",
                 headers={"x-should-retry": "false"},
@@ -230,6 +236,7 @@ class BudgetManager:
         scopes: list[ScopeLimit],
         limits: list[RateLimit],
         now: datetime,
+        final: bool,
     ) -> Exception:
         team = principal.team.name
         if result.reason in ("rpm", "tpm"):
@@ -245,7 +252,8 @@ class BudgetManager:
                     )
                     headers[f"x-ratelimit-reset-{noun}"] = f"{reset_s}s"
             return RateLimited(f"rate limit exceeded: {result.reason} for {result.scope}", headers=headers)
-        self.metrics.budget_denied.labels(team, result.reason or "usd").inc()
+        if final:
+            self.metrics.budget_denied.labels(team, result.reason or "usd").inc()
         spec = principal.budget if result.scope.startswith("key:") else principal.team.budget
         headers = {"x-should-retry": "false"}
         reset = seconds_until_reset(spec.period, now) if spec else None

@@ -309,16 +309,13 @@ class Pipeline:
     # ------------------------------------------------------------------ budget
 
     async def _reserve(self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec]) -> Reservation:
+        """Up to three attempts; only the last (in ``_downgrade``) counts as the request's denial."""
         assert ctx.principal is not None
-        client_max = _client_max_tokens(ctx.body, ctx.inbound)
-        cap = ctx.decision.max_tokens_cap if ctx.decision else None
-        if cap is not None:
-            client_max = min(client_max, cap) if client_max is not None else cap
-        out_max, flexible = self._output_bound(ctx, chain, client_max)
+        out_max, flexible = self._output_bound(ctx, chain, self._capped_max_tokens(ctx))
         bound = self._prompt_bound(ctx)
         ask = self._ask(ctx, chain, bound, out_max, flexible)
         try:
-            return await self.budget.reserve(ctx.principal, ask)
+            return await self.budget.reserve(ctx.principal, ask, final=False)
         except BudgetExceeded:
             # Only now is an exact count worth its cost: it may fit where the byte bound did not.
             if self._exact_is_strict(chain):
@@ -327,11 +324,19 @@ class Pipeline:
                     ctx.prompt_bound = exact
                     try:
                         return await self.budget.reserve(
-                            ctx.principal, self._ask(ctx, chain, exact, out_max, flexible)
+                            ctx.principal, self._ask(ctx, chain, exact, out_max, flexible), final=False
                         )
                     except BudgetExceeded:
                         pass
             return await self._downgrade(ctx, cfg, chain)
+
+    def _capped_max_tokens(self, ctx: RequestContext) -> int | None:
+        """The client's max_tokens, lowered to a routing rule's cap (every attempt honours the cap)."""
+        client_max = _client_max_tokens(ctx.body, ctx.inbound)
+        cap = ctx.decision.max_tokens_cap if ctx.decision else None
+        if cap is not None:
+            client_max = min(client_max, cap) if client_max is not None else cap
+        return client_max
 
     async def _downgrade(self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec]) -> Reservation:
         assert ctx.principal is not None
@@ -348,13 +353,21 @@ class Pipeline:
                     ctx,
                     chain,
                     ctx.prompt_bound,
-                    *self._output_bound(ctx, chain, _client_max_tokens(ctx.body, ctx.inbound)),
+                    *self._output_bound(ctx, chain, self._capped_max_tokens(ctx)),
                 ),
             )
         target = cfg.models[spec.downgrade_to]
         chain[:] = [target]
         ctx.route = f"{ctx.route}+budget_downgrade"
-        out_max, flexible = self._output_bound(ctx, chain, _client_max_tokens(ctx.body, ctx.inbound))
+        # An exact count made with the primary's tokenizer bounds nothing for another tokenizer:
+        # start again from the byte bound, or count exactly with the target's own tokenizer.
+        ctx.prompt_bound = 0
+        ctx.prompt_bound = (
+            self._exact_prompt_tokens(ctx, target.deployments[0].upstream_model)
+            if self._exact_is_strict(chain)
+            else self._prompt_bound(ctx)
+        )
+        out_max, flexible = self._output_bound(ctx, chain, self._capped_max_tokens(ctx))
         return await self.budget.reserve(
             ctx.principal, self._ask(ctx, chain, ctx.prompt_bound, out_max, flexible)
         )

@@ -216,6 +216,8 @@ class Phase:
         self.t_end = 0.0
         self.cpu_start: dict[str, float] = {}
         self.cpu_end: dict[str, float] = {}
+        self.cores_start: dict[str, tuple[int, int, int]] = {}
+        self.cores_end: dict[str, tuple[int, int, int]] = {}
 
     def _cpu(self) -> dict[str, float]:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -224,6 +226,7 @@ class Phase:
         return snap
 
     def begin(self) -> Recorder:
+        self.cores_start = procstat.cpu_jiffies()
         self.cpu_start = self._cpu()
         self.t_start = time.perf_counter()
         self.rec = Recorder()
@@ -232,9 +235,14 @@ class Phase:
     def end(self) -> None:
         self.t_end = time.perf_counter()
         self.cpu_end = self._cpu()
+        self.cores_end = procstat.cpu_jiffies()
 
     def cpu_seconds(self) -> dict[str, float]:
         return {k: round(self.cpu_end[k] - self.cpu_start[k], 4) for k in self.cpu_start}
+
+    def cores(self) -> dict[str, dict[str, float]]:
+        """How busy each CPU was over the window, whoever used it (other tenants included)."""
+        return procstat.cpu_busy_between(self.cores_start, self.cores_end)
 
 
 def _connector(limit: int) -> aiohttp.TCPConnector:
@@ -352,6 +360,7 @@ def python_result(plan: Plan, phase: Phase) -> dict[str, Any]:
         out["stalls"] = rec.stalls
         out["chunks"] = rec.chunks
     out["cpu_s"] = phase.cpu_seconds()
+    out["cores"] = phase.cores()
     return out
 
 
@@ -440,6 +449,7 @@ def wrk_result(stdout: str, phase: Phase, wrk_cpu: float) -> dict[str, Any]:
             "max": round(lat["max"] / 1000, 4),
         },
         "cpu_s": cpu,
+        "cores": phase.cores(),
     }
 
 

@@ -96,3 +96,31 @@ def memory(root: int) -> MemorySnapshot:
     rss = [status_kib(p, "VmRSS") / 1024 for p in pids] or [0.0]
     hwm = [status_kib(p, "VmHWM") / 1024 for p in pids] or [0.0]
     return MemorySnapshot(len(pids), sum(rss), max(rss), sum(hwm), max(hwm))
+
+
+def cpu_jiffies() -> dict[str, tuple[int, int, int]]:
+    """Per-CPU (busy, total, steal) jiffies from /proc/stat, keyed "0", "1", ...
+
+    Busy excludes idle and iowait. Steal is time the hypervisor gave our vCPU to someone else."""
+    out: dict[str, tuple[int, int, int]] = {}
+    with open("/proc/stat") as f:
+        for line in f:
+            if not line.startswith("cpu") or line.startswith("cpu "):
+                continue
+            name, *values = line.split()
+            v = [int(x) for x in values[:8]] + [0] * max(0, 8 - len(values))
+            total = sum(v[:8])  # guest time is already inside user
+            out[name[3:]] = (total - v[3] - v[4], total, v[7])
+    return out
+
+
+def cpu_busy_between(
+    before: dict[str, tuple[int, int, int]], after: dict[str, tuple[int, int, int]]
+) -> dict[str, dict[str, float]]:
+    """Fraction of each CPU that was busy, and stolen, between two cpu_jiffies() snapshots."""
+    result = {}
+    for cpu, (busy1, total1, steal1) in after.items():
+        busy0, total0, steal0 = before.get(cpu, (0, 0, 0))
+        span = max(1, total1 - total0)
+        result[cpu] = {"busy": round((busy1 - busy0) / span, 3), "steal": round((steal1 - steal0) / span, 3)}
+    return result

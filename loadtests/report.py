@@ -63,7 +63,15 @@ def aux_core_util(r: Result | None) -> float | None:
     return round(sum(float(p or 0.0) for p in parts) / float(elapsed), 3)
 
 
-def derive_scenario(s: Result) -> Result:
+def others_on_core(r: Result | None, core: str | None) -> float | None:
+    """Share of the target's core used by processes other than the target (e.g. other tenants)."""
+    busy, util = _get(r, "cores", core or "", "busy"), cpu_util(r)
+    if busy is None or util is None:
+        return None
+    return round(max(0.0, busy - util), 3)
+
+
+def derive_scenario(s: Result, target_core: str | None = None) -> Result:
     m = s.get("measurements", {})
     out: Result = {}
     c1, tp, st = m.get("c1", {}), m.get("throughput", {}), m.get("streams", {})
@@ -81,6 +89,8 @@ def derive_scenario(s: Result) -> Result:
         out["upstream_cpu_util_during_gateway"] = cpu_util(tp.get("gateway"), "upstream")
         out["aux_core_util_during_gateway"] = aux_core_util(tp.get("gateway"))
         out["direct_aux_core_util"] = aux_core_util(tp.get("direct"))
+        out["others_on_gateway_core"] = others_on_core(tp.get("gateway"), target_core)
+        out["gateway_core_steal"] = _get(tp, "gateway", "cores", target_core or "", "steal")
     if "gateway" in st and "direct" in st:
         for metric in ("ttfb_ms", "gap_ms"):
             for p in ("p50", "p99", "p99.9"):
@@ -99,7 +109,9 @@ def derive_scenario(s: Result) -> Result:
 
 
 def derive(results: Result) -> Result:
-    per = {name: derive_scenario(s) for name, s in results.get("scenarios", {}).items()}
+    pin = _get(results, "meta", "pinning") or {}
+    core = str(pin.get("target_cpus")) if pin.get("enabled") else None
+    per = {name: derive_scenario(s, core) for name, s in results.get("scenarios", {}).items()}
     checks = []
     for key, scenario, what, limit, op in TARGETS:
         value = _get(per, scenario, key)
@@ -261,26 +273,38 @@ def _bottleneck(results: Result) -> list[str]:
     lines = [
         "## Is the upstream the bottleneck?",
         "",
-        "Max throughput at c=16. If direct RPS is well above the gateway's and the upstream's core "
-        "is not saturated during the gateway run, the gateway is what is being measured.",
+        "Max throughput at c=16; CPU columns are over the gateway's window. If direct RPS is well above "
+        "the gateway's, the load generator's core is not saturated and the gateway uses its whole core, "
+        'the gateway is what is being measured. "Others on its core" is CPU used on the gateway\'s core '
+        "by anything else (another tenant's tests, say): it makes the run unrepresentative.",
         "",
-        "| scenario | direct RPS | gateway RPS | direct / gateway | gateway CPU util | upstream CPU util "
-        "(gateway run) | load-gen core busy (gateway run) | verdict |",
-        "|---|--:|--:|--:|--:|--:|--:|---|",
+        "| scenario | direct RPS | gateway RPS | direct / gateway | gateway CPU util | others on its core "
+        "| upstream CPU util | load-gen core busy | verdict |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|",
     ]
     for name, d in results["derived"]["scenarios"].items():
         if d.get("direct_over_gateway") is None:
             continue
         tp = results["scenarios"][name]["measurements"]["throughput"]
         ratio, aux = d["direct_over_gateway"], d.get("aux_core_util_during_gateway")
-        ok = ratio >= 2 and (aux is None or aux < 0.9)
-        verdict = "upstream is not the bottleneck" if ok else "**upstream or load generator may be limiting**"
         lines.append(
             f"| {name} | {_f(tp['direct']['rps'], 0)} | {_f(tp['gateway']['rps'], 0)} | {ratio:.1f}x "
-            f"| {_pct(d.get('gateway_cpu_util'))} | {_pct(d.get('upstream_cpu_util_during_gateway'))} "
-            f"| {_pct(aux)} | {verdict} |"
+            f"| {_pct(d.get('gateway_cpu_util'))} | {_pct(d.get('others_on_gateway_core'))} "
+            f"| {_pct(d.get('upstream_cpu_util_during_gateway'))} | {_pct(aux)} | {_verdict(d)} |"
         )
     return [*lines, ""]
+
+
+def _verdict(d: Result) -> str:
+    ratio, aux = d["direct_over_gateway"], d.get("aux_core_util_during_gateway")
+    util, others = d.get("gateway_cpu_util") or 0.0, d.get("others_on_gateway_core") or 0.0
+    if ratio < 2 or (aux is not None and aux >= 0.9):
+        return "**upstream or load generator may be limiting**"
+    if util < 0.8 and others > 0.15:
+        return f"**other processes took {others:.0%} of the gateway's core: rerun on an idle machine**"
+    if util < 0.8:
+        return "upstream is not the bottleneck; the gateway is not CPU-bound either (it waits on something)"
+    return "upstream is not the bottleneck; the gateway is CPU-bound"
 
 
 def _scenario(name: str, s: Result) -> list[str]:

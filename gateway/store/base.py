@@ -63,6 +63,9 @@ class ReserveRequest:
     out_tokens_min: int  # == out_tokens_max unless the reservation is flexible
     rate_limits: list[RateLimit] = field(default_factory=list)
     intent: dict[str, Any] = field(default_factory=dict)  # ledger record skeleton (write-ahead)
+    # False for an attempt the caller may follow with another (a tighter prompt count, a downgrade):
+    # only a request's final attempt counts as a denial.
+    count_denial: bool = True
 
 
 @dataclass(slots=True)

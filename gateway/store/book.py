@@ -114,7 +114,7 @@ class BudgetBook:
                 out, reason, scope_name = by_tok, "tokens", deny_tok
         if out < req.out_tokens_min or out < 0:
             for scope in req.scopes:
-                if scope.scope == scope_name:
+                if scope.scope == scope_name and req.count_denial:
                     self._usage(scope.counter).denials += 1
             return ReserveResult(
                 ok=False,

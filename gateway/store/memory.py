@@ -251,7 +251,7 @@ class MemoryStore:
             self._log(
                 {"op": "reserve", "lease_id": req.lease_id, "team": req.team, "lease": _lease_dict(lease)}
             )
-        elif result.reason in ("usd", "tokens"):
+        elif result.reason in ("usd", "tokens") and req.count_denial:
             for scope in req.scopes:
                 if scope.scope == result.scope:
                     self._log({"op": "deny", "counter": scope.counter})

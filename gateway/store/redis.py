@@ -178,6 +178,7 @@ class RedisStore:
         args.append(len(req.rate_limits))
         for rl in req.rate_limits:
             args += [f"{rl.kind}|{rl.scope}", rl.limit]
+        args.append(1 if req.count_denial else 0)
         keys = [*self._team_keys(req.team), _k(req.team, f"rate:{window}")]
         raw = await self._call(self._reserve, keys, args)
         await self._remember_team(req.team)

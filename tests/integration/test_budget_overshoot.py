@@ -55,7 +55,20 @@ PACED_OVER_S = 1.0
 SEQUENTIAL = TOTAL_REQUESTS - BURST - PACED
 ADMIN = {"authorization": f"Bearer {ADMIN_TOKEN}"}
 UPSTREAM = {"gpt-4o": "mock-gpt", "claude-sonnet": "mock-claude"}
-WORDS = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+WORDS = [
+    "alpha",
+    "beta",
+    "gamma",
+    "delta",
+    "epsilon",
+    "zeta",
+    "eta",
+    "theta",
+    "iota",
+    "kappa",
+    "lambda",
+    "mu",
+]
 
 
 # ---------------------------------------------------------------------- prices (from the catalog)
@@ -321,7 +334,6 @@ def check_property(outcomes: list[Outcome], scope: dict[str, Any], ledger: list[
     tail = outcomes[BURST + PACED :]
     assert any(o.status == 429 for o in tail), "the budget was never exhausted"
     largest = max(o.shot.need_nano() for o in outcomes)
-    print("STATS", statuses, spent, largest, LIMIT_NANO - spent)
     assert spent >= LIMIT_NANO - largest, (spent, largest)
 
     # The ledger: one record per served request, nothing else, summing to the spend.

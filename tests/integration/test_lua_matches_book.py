@@ -50,6 +50,7 @@ class Reserve:
     price: int
     out_max: int
     out_min_share: int | None  # None: a fixed reservation; else the flexible minimum, in % of out_max
+    count_denial: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ _reserve = st.builds(
     _price,
     _spread(0, 200_000),
     st.one_of(st.none(), st.sampled_from([0, 1, 50, 100])),
+    st.sampled_from([True, True, False]),
 )
 _op: st.SearchStrategy[Op] = st.one_of(
     _reserve,
@@ -178,6 +180,7 @@ class Scenario:
             out_tokens_min=out_min,
             rate_limits=self.rate_limits(),
             intent={"request_id": lease_id, "team": self.team, "ts_ms": self.now},
+            count_denial=op.count_denial,
         )
 
     def settlement(self, op: Settle, reserved: dict[str, tuple[int, int]]) -> Settlement:
@@ -226,7 +229,7 @@ def run_book(sc: Scenario, ops: list[Op]) -> Outcome:
         elif isinstance(op, Settle):
             out.append(book.settle(sc.settlement(op, reserved)))
         elif isinstance(op, Record):
-            rec, scopes = sc.charge(op)
+            _, scopes = sc.charge(op)
             out.append(book.record(op.request_id, op.cost, op.tokens, scopes))
         elif isinstance(op, Sweep):
             out.append(_sweep(book, sc.team, sc.now, 100))

@@ -25,7 +25,7 @@ N_SETTLED = 2
 OUT_PRICE = 2_000_000  # pico-USD per output token
 OUT_TOKENS = 100
 
-# argv: state_dir team n_leases n_settled. Prints the timestamp it used, then dies by SIGKILL.
+# argv: state_dir team n_leases n_settled out_price out_tokens. Prints its timestamp, dies by SIGKILL.
 CRASHING_CHILD = r"""
 import asyncio, os, signal, sys, time
 
@@ -33,7 +33,7 @@ from gateway.store.base import ReserveRequest, ScopeLimit, Settlement
 from gateway.store.memory import MemoryStore
 
 
-async def main(state_dir: str, team: str, n: int, settled: int) -> None:
+async def main(state_dir: str, team: str, n: int, settled: int, price: int, out: int) -> None:
     store = MemoryStore(state_dir)
     await store.start()
     t = int(time.time() * 1000)
@@ -42,7 +42,7 @@ async def main(state_dir: str, team: str, n: int, settled: int) -> None:
         intent = {"request_id": f"l{i}", "team": team, "ts_ms": t, "status": "in_flight"}
         res = await store.reserve(ReserveRequest(
             team, f"l{i}", t, 600_000, scopes, fixed_nano=1_000 * (i + 1), fixed_tokens=10,
-            out_price_pico=%(price)d, out_tokens_max=%(out)d, out_tokens_min=%(out)d, intent=intent))
+            out_price_pico=price, out_tokens_max=out, out_tokens_min=out, intent=intent))
         assert res.ok, res
     for i in range(settled):
         record = {"request_id": f"l{i}", "team": team, "ts_ms": t, "status": "ok", "cost_nano": 500 + i}
@@ -53,14 +53,15 @@ async def main(state_dir: str, team: str, n: int, settled: int) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-asyncio.run(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
-""" % {"price": OUT_PRICE, "out": OUT_TOKENS}
+asyncio.run(main(sys.argv[1], sys.argv[2], *map(int, sys.argv[3:])))
+"""
 
 
 def crash_child(state_dir: Path, team: str) -> int:
     """Run the child to its SIGKILL; returns the timestamp its records carry."""
     proc = subprocess.run(
-        [sys.executable, "-c", CRASHING_CHILD, str(state_dir), team, str(N_LEASES), str(N_SETTLED)],
+        [sys.executable, "-c", CRASHING_CHILD, str(state_dir), team]
+        + [str(n) for n in (N_LEASES, N_SETTLED, OUT_PRICE, OUT_TOKENS)],
         cwd=ROOT,
         capture_output=True,
         timeout=60,
@@ -138,8 +139,8 @@ async def test_torn_last_journal_line_is_tolerated(tmp_path: Path) -> None:
     t = crash_child(tmp_path, team)
     # The crash cut the settle of lease l2 mid-write: that request was in flight, so it is expired.
     torn = jsonutil.dumps({"op": "settle", "lease_id": f"l{N_SETTLED}", "cost_nano": 1, "tokens": 1})
-    with open(tmp_path / "journal.jsonl", "ab") as fh:
-        fh.write(torn[: len(torn) // 2])
+    journal = tmp_path / "journal.jsonl"
+    journal.write_bytes(journal.read_bytes() + torn[: len(torn) // 2])
 
     settled, unsettled = range(N_SETTLED), range(N_SETTLED, N_LEASES)
     usage, rows = await reopen(tmp_path, team, t)

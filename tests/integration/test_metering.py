@@ -495,7 +495,8 @@ def test_cache_hit_costs_nothing_and_remembers_what_it_saved(gw: Backend, stream
     miss = gw.record("cachey", first_id)
     original = assert_cost(miss, "mock-gpt", tok)
 
-    hit_id, hit = call(gw, team="cachey", model="gpt-4o", stream=stream, content=content)
+    # Forwarded headers (x-mock-* here) are part of the cache key: the twin sends the same ones.
+    hit_id, hit = call(gw, team="cachey", model="gpt-4o", stream=stream, content=content, headers=headers)
     assert hit.status == 200
     assert hit.headers["x-gateway-cache"] == "hit"
     assert hit.headers["x-gateway-model"] == "gpt-4o"
@@ -615,7 +616,7 @@ def test_metrics_count_tokens_cost_and_savings(gw: Backend) -> None:
     content = f"Observe me {uuid.uuid4().hex}"
     before = scrape(gw.url)
     miss_id, miss = call(gw, team="obs", model="gpt-4o", content=content, headers=headers)
-    hit_id, hit = call(gw, team="obs", model="gpt-4o", content=content)
+    hit_id, hit = call(gw, team="obs", model="gpt-4o", content=content, headers=headers)
     routed_id, routed = call(
         gw,
         team="obs",

@@ -98,8 +98,11 @@ def plan(seed: int) -> list[Planned]:
         if team != "cachey" and rng.random() < 0.08:
             headers["x-mock-status"] = rng.choice(["400", "500"])
         content = f"load {run} {i}"
-        if team == "cachey":  # identical bodies (stream flag included) -> cache hits
-            content, stream = f"cached {run} {rng.randrange(CACHE_PROMPTS)}", False
+        if team == "cachey":  # identical bodies and forwarded x-mock-* headers -> cache hits
+            which = rng.randrange(CACHE_PROMPTS)
+            content, stream = f"cached {run} {which}", False
+            headers = {k: v for k, v in headers.items() if not k.startswith("x-mock-")}
+            headers.update({"x-mock-prompt-tokens": str(100 + which), "x-mock-completion-tokens": "7"})
         out.append(
             Planned(f"rp-{run}-{i:03d}", team, f"sk-{team}", model, inbound, stream, headers, content, True)
         )

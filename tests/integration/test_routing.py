@@ -352,9 +352,10 @@ def test_circuit_breaker_opens_skips_probes_and_closes(tmp: Path) -> None:
     cfg["models"] = {
         "primary": deployment("flaky", "mock-gpt"),
         "secondary": deployment("steady", "mock-gpt-mini"),
+        "lonely": deployment("flaky", "mock-gpt"),  # no fallback
     }
     cfg["routing"] = {
-        "retry": {"max_attempts": 1},
+        "retry": {"max_attempts": 3, "base_backoff_ms": 10, "max_backoff_ms": 20},
         "breaker": {"consecutive_failures": 2, "cooldown_s": 1.5, "min_requests": 100},
         "fallbacks": {"primary": ["secondary"]},
     }
@@ -362,39 +363,46 @@ def test_circuit_breaker_opens_skips_probes_and_closes(tmp: Path) -> None:
     revived: PinnedMock | None = None
     try:
 
-        def served_by() -> str:
-            code, body, hdrs = chat(gw, "primary")
+        def served_by(model: str = "primary") -> str:
+            code, body, hdrs = chat(gw, model)
             assert code == 200, body
             return hdrs["x-gateway-model"]
 
-        def primary_errors() -> float:
-            return metric(gw, "llm_gateway_upstream_errors_total", model="primary")
+        def errors(model: str = "primary") -> float:
+            return metric(gw, "llm_gateway_upstream_errors_total", model=model)
 
-        def breaker_open() -> float:
+        def circuit_open() -> float:
             return metric(gw, "llm_gateway_circuit_open", deployment="primary#0")
 
         assert served_by() == "primary"
         flaky.stop()
-        # Closed: each request tries the dead deployment once, then falls back.
-        assert [served_by(), served_by()] == ["secondary", "secondary"]
-        assert primary_errors() == 2
-        assert breaker_open() == 1
+        # Closed: the dead deployment is tried; its second failure opens the circuit, and the
+        # third attempt is not made into an open circuit: the request falls back at once.
+        assert served_by() == "secondary"
+        assert errors() == 2
+        assert circuit_open() == 1
         # Open: traffic goes straight to the fallback without touching the broken deployment.
         assert {served_by() for _ in range(3)} == {"secondary"}
-        assert primary_errors() == 2
-        # Half-open after the cooldown: one probe; it fails and re-opens the circuit.
+        assert errors() == 2
+        # Half-open after the cooldown: exactly one probe; it fails and re-opens the circuit.
         time.sleep(1.6)
         assert served_by() == "secondary"
-        assert primary_errors() == 3
+        assert errors() == 3
         assert served_by() == "secondary"
-        assert primary_errors() == 3  # re-opened: the next request did not touch it
-        # The deployment recovers; after the next cooldown the probe succeeds and closes the circuit.
+        assert errors() == 3  # re-opened: the next request did not touch it
+
+        # With nothing else to try (every circuit in the chain open), a request still goes out.
+        assert chat(gw, "lonely")[0] == 502
+        assert errors("lonely") == 2
         revived = PinnedMock(tmp, flaky.port)
+        assert served_by("lonely") == "lonely"  # its circuit is open, yet it was tried: panic mode
+
+        # The deployment is back; after the cooldown the probe succeeds and closes the circuit.
         time.sleep(1.6)
         assert served_by() == "primary"
-        assert breaker_open() == 0
+        assert circuit_open() == 0
         assert [served_by(), served_by()] == ["primary", "primary"]
-        assert primary_errors() == 3
+        assert errors() == 3
     finally:
         gw.stop()
         steady.stop()

@@ -83,6 +83,7 @@ async def reserve(
     out_min: int | None = None,
     rates: list[RateLimit] | None = None,
     ttl_ms: int = TTL_MS,
+    count_denial: bool = True,
 ) -> ReserveResult:
     return await store.reserve(
         ReserveRequest(
@@ -98,6 +99,7 @@ async def reserve(
             out_tokens_min=out_max if out_min is None else out_min,
             rate_limits=rates or [],
             intent=record(team, lease_id, at),
+            count_denial=count_denial,
         )
     )
 
@@ -190,6 +192,16 @@ async def test_denial_is_counted_on_the_tightest_scope_only(store: Store, team: 
     assert (res.remaining_nano, res.remaining_tokens) == (300_000, UNLIMITED)
     assert await usage(store, team, sc) == [ScopeUsage(), ScopeUsage(denials=1)]
     assert not await store.settle(settlement(team, "l1", 1, 1, t)), "a denied request holds no lease"
+
+
+async def test_a_denial_the_caller_retries_is_not_counted(store: Store, team: str) -> None:
+    t = now_ms()
+    sc = scopes(team, team_usd=1_000)
+    res = await reserve(store, team, "l1", sc, at=t, fixed_nano=2_000, count_denial=False)
+    assert (res.ok, res.reason, res.scope, res.remaining_nano) == (False, "usd", f"team:{team}", 1_000)
+    assert (await usage(store, team, sc))[0] == ScopeUsage()
+    assert not (await reserve(store, team, "l2", sc, at=t, fixed_nano=2_000)).ok
+    assert (await usage(store, team, sc))[0] == ScopeUsage(denials=1)
 
 
 async def test_token_budget_denial(store: Store, team: str) -> None:

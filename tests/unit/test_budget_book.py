@@ -110,6 +110,18 @@ def test_fixed_reservation_that_does_not_fit_is_denied_on_the_tightest_scope() -
     assert usage(book, sc[0].counter).reserved_nano == 0
 
 
+def test_a_denial_the_caller_retries_is_not_counted() -> None:
+    book = BudgetBook()
+    sc = scopes(team_usd=1_000)
+    attempt = req("a", sc, fixed_nano=2_000)
+    attempt.count_denial = False
+    res = book.reserve(attempt)
+    assert (res.ok, res.reason, res.scope) == (False, "usd", T_SCOPE)
+    assert usage(book, sc[0].counter).denials == 0
+    assert not book.reserve(req("b", sc, fixed_nano=2_000)).ok
+    assert usage(book, sc[0].counter).denials == 1
+
+
 def test_flexible_reservation_shrinks_the_output_to_what_the_budget_pays_for() -> None:
     book = BudgetBook()
     sc = scopes(team_usd=1_000_000, team_tok=10_000)
@@ -398,9 +410,17 @@ class BookMachine(RuleBasedStateMachine):
         out_max=st.one_of(st.integers(0, 300), st.integers(0, 5_000)),
         flexible=st.booleans(),
         out_min_share=st.sampled_from([0, 1, 50, 100]),
+        final=st.sampled_from([True, True, True, False]),
     )
     def reserve(
-        self, fixed_nano: int, fixed_tokens: int, price: int, out_max: int, flexible: bool, out_min_share: int
+        self,
+        fixed_nano: int,
+        fixed_tokens: int,
+        price: int,
+        out_max: int,
+        flexible: bool,
+        out_min_share: int,
+        final: bool,
     ) -> None:
         self.seq += 1
         lease_id = f"l{self.seq:04d}"
@@ -422,6 +442,7 @@ class BookMachine(RuleBasedStateMachine):
                 out_tokens_min=out_min,
                 rate_limits=rates,
                 intent={"request_id": lease_id},
+                count_denial=final,
             )
         )
         for s in sc:
@@ -429,7 +450,7 @@ class BookMachine(RuleBasedStateMachine):
                 cap = float("inf") if limit == UNLIMITED else limit
                 bound[s.counter] = max(bound.get(s.counter, 0), cap)
         self._check_reserve(
-            res, lease_id, sc, rates, before, fixed_nano, fixed_tokens, price, out_max, out_min
+            res, lease_id, sc, rates, before, fixed_nano, fixed_tokens, price, out_max, out_min, final
         )
 
     def _check_reserve(
@@ -444,6 +465,7 @@ class BookMachine(RuleBasedStateMachine):
         price: int,
         out_max: int,
         out_min: int,
+        final: bool,
     ) -> None:
         # The tightest scope: the first one with the least free (USD and tokens separately).
         free: dict[str, tuple[int, str]] = {}
@@ -488,7 +510,7 @@ class BookMachine(RuleBasedStateMachine):
             assert (res.out_tokens, res.reserved_nano, res.reserved_tokens) == (0, 0, 0)
             assert (res.remaining_nano, res.remaining_tokens) == (free_nano, free_tok)
             for s in sc:
-                if s.scope == free[reason][1]:
+                if s.scope == free[reason][1] and final:  # a denial the caller retries is not counted
                     self._exp(s.counter).denials += 1
             assert lease_id not in self.book.leases
             return

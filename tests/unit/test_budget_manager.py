@@ -230,6 +230,19 @@ async def test_usd_denial_is_a_429_with_retry_after_the_reset(store: FlakyStore,
     assert (await team_usage(store, p)).denials == 1
 
 
+async def test_a_non_final_attempt_is_not_counted_as_a_denial(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(1_000_000))
+    with pytest.raises(BudgetExceeded):
+        await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW, final=False)
+    assert sample(metrics, "llm_gateway_budget_denied_requests_total", team="acme", reason="usd") == 0
+    assert (await team_usage(store, p)).denials == 0
+    with pytest.raises(BudgetExceeded):
+        await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    assert sample(metrics, "llm_gateway_budget_denied_requests_total", team="acme", reason="usd") == 1
+    assert (await team_usage(store, p)).denials == 1
+
+
 async def test_key_denial_uses_the_keys_period(store: FlakyStore, metrics: Metrics) -> None:
     mgr = BudgetManager(store, metrics)
     p = principal(budget(10**12, period="monthly"), budget(500_000, period="daily"))

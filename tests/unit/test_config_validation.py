@@ -459,6 +459,12 @@ UNKNOWN_MODELS = [
         "{usd: 10, action: downgrade, downgrade_to: ghost}",
         "teams.demo.budget.downgrade_to",
     ),
+    (
+        "key downgrade_to",
+        "        key: sk-demo\n",
+        "        key: sk-demo\n        budget: {usd: 1, action: downgrade, downgrade_to: ghost}\n",
+        "teams.demo.keys[0].budget.downgrade_to",
+    ),
 ]
 
 

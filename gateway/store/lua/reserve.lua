@@ -1,7 +1,7 @@
 -- KEYS: 1 budget hash, 2 lease expiry zset, 3 leases hash, 4 ledger stream, 5 rate hash (this minute)
 -- ARGV: 1 lease_id, 2 now_ms, 3 lease_ttl_ms, 4 fixed_nano, 5 fixed_tokens, 6 out_price_pico,
 --       7 out_max, 8 out_min, 9 intent json, 10 n_scopes, then n_scopes x (counter, usd_limit, token_limit),
---       then n_rates, then n_rates x (field "kind|scope", limit)
+--       then n_rates, then n_rates x (field "kind|scope", limit), then count_denial (1 | 0)
 -- Returns {ok, reason, scope, out, cost, tokens, remaining_nano, remaining_tokens, rate field, rate remaining, ...}
 local budget, zset, leases, ledger, ratekey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -38,6 +38,7 @@ for i = 1, nr do
   rates[i] = {ARGV[pos], tonumber(ARGV[pos + 1])}
   pos = pos + 2
 end
+local count_denial = ARGV[pos] ~= '0'  -- '0': the caller retries; only its final attempt counts
 
 local function rate_remaining(out)
   for i = 1, nr do
@@ -73,7 +74,7 @@ if free_tok >= 0 then
   if by_tok < out then out, reason, denied = by_tok, 'tokens', deny_tok end
 end
 if out < out_min or out < 0 then
-  if denied ~= '' then redis.call('HINCRBY', budget, denied .. '|dn', 1) end
+  if denied ~= '' and count_denial then redis.call('HINCRBY', budget, denied .. '|dn', 1) end
   return {0, reason, denied, 0, 0, 0, free_nano, free_tok}
 end
 
