@@ -156,6 +156,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from gateway.config.load import load_config
     from gateway.core import make_store
     from gateway.metering import report
+    from gateway.store.memory import MemoryStore
 
     try:
         cfg = load_config(args.config)
@@ -172,6 +173,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     async def load() -> list[dict[str, Any]]:
         store = make_store(cfg)
+        if isinstance(store, MemoryStore):  # read the files only: a gateway may be running on them
+            return await asyncio.to_thread(store.read_ledger_files, since, until)
         await store.start()
         try:
             teams = sorted(set(cfg.teams) | set(await store.teams()))

@@ -652,7 +652,10 @@ class Pipeline:
         cost = cost_nano(usage, deployment.rates)
         ctx.cost_nano = cost
         requested = self.config.models.get(ctx.requested_model)
-        counterfactual = cost_nano(usage, requested.deployments[0].rates) if requested else cost
+        # What the requested model would have cost: only a route to another model changes the price;
+        # a request served by its own model (any of its deployments) saved nothing by routing.
+        rerouted = requested is not None and deployment.logical != requested.name
+        counterfactual = cost_nano(usage, requested.deployments[0].rates) if rerouted and requested else cost
         record = self._record(ctx, deployment, usage, cost=cost, counterfactual=counterfactual, status=status)
         team = ctx.principal.team.name
         model = sent.model.name

@@ -68,7 +68,7 @@ def others_on_core(r: Result | None, core: str | None) -> float | None:
     busy, util = _get(r, "cores", core or "", "busy"), cpu_util(r)
     if busy is None or util is None:
         return None
-    return round(max(0.0, busy - util), 3)
+    return round(max(0.0, float(busy) - util), 3)
 
 
 def derive_scenario(s: Result, target_core: str | None = None) -> Result:

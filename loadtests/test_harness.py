@@ -126,10 +126,10 @@ def test_procstat_reads_this_process() -> None:
 
 
 def test_rss_growth() -> None:
-    samples = [
+    samples: list[dict[str, float]] = [
         {"t_s": 10.0, "rss_total_mb": 100.0},
         {"t_s": 20.0, "rss_total_mb": 120.0},
-        {"t_s": 30, "rss_total_mb": 105},
+        {"t_s": 30.0, "rss_total_mb": 105.0},
     ]
     assert run.rss_growth(samples) == {"rss_growth_pct": 5.0, "rss_peak_growth_pct": 20.0}
 

@@ -260,6 +260,9 @@ class MemoryStore:
     async def settle(self, settlement: Settlement) -> bool:
         if not self.book.settle(settlement):
             return False
+        # Ledger line first: a crash between the two writes then leaves a duplicate (the replay also
+        # expires the lease into an estimated record), which reports deduplicate, never a lost record.
+        self._append_ledger(settlement.record)
         self._log(
             {
                 "op": "settle",
@@ -268,7 +271,6 @@ class MemoryStore:
                 "tokens": settlement.tokens,
             }
         )
-        self._append_ledger(settlement.record)
         return True
 
     async def settle_many(self, settlements: list[Settlement]) -> list[bool]:
@@ -286,6 +288,7 @@ class MemoryStore:
         ts = int(record.get("ts_ms", 0))
         self.seen_ms[request_id] = ts
         self.teams_seen.add(team)
+        self._append_ledger(record)  # before the journal line, as in settle
         self._log(
             {
                 "op": "record",
@@ -297,7 +300,6 @@ class MemoryStore:
                 "ts_ms": ts,
             }
         )
-        self._append_ledger(record)
         return True
 
     async def expire_leases(self, team: str, now_ms: int, limit: int = 100) -> int:
@@ -338,7 +340,12 @@ class MemoryStore:
     async def ledger(self, team: str, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
         return await asyncio.to_thread(self._read_ledger, team, since_ms, until_ms)
 
-    def _read_ledger(self, team: str, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+    def read_ledger_files(self, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
+        """Every team's records, read from the files alone: safe beside a running gateway (no start(),
+        so no journal replay, no lease expiry, no compaction). ``gateway report`` uses it."""
+        return self._read_ledger(None, since_ms, until_ms)
+
+    def _read_ledger(self, team: str | None, since_ms: int, until_ms: int) -> list[dict[str, Any]]:
         out = []
         first, last = ledger_day(since_ms), ledger_day(max(since_ms, until_ms - 1))
         for path in sorted(self.dir.glob("ledger-*.jsonl")):
@@ -350,7 +357,7 @@ class MemoryStore:
                     rec = jsonutil.loads(line)
                 except jsonutil.JSONDecodeError:
                     continue
-                if rec.get("team") == team and since_ms <= rec.get("ts_ms", 0) < until_ms:
+                if (team is None or rec.get("team") == team) and since_ms <= rec.get("ts_ms", 0) < until_ms:
                     out.append(rec)
         return out
 
