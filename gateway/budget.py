@@ -70,6 +70,7 @@ class Ask:
     rates: Rates
     intent: dict[str, Any]
     lease_ttl_ms: int
+    choices: int = 1  # n: every choice may use the output cap, and a flexible cap must give each >= 1
 
 
 def _scope_limits(spec: BudgetSpec | None, scope: str, now: datetime) -> ScopeLimit | None:
@@ -181,7 +182,7 @@ class BudgetManager:
             fixed_tokens=ask.prompt_tokens_bound,
             out_price_pico=out_price,
             out_tokens_max=ask.out_tokens_max,
-            out_tokens_min=1 if ask.flexible and ask.out_tokens_max > 0 else ask.out_tokens_max,
+            out_tokens_min=min(ask.choices, ask.out_tokens_max) if ask.flexible else ask.out_tokens_max,
             rate_limits=limits,
             intent=ask.intent,
             count_denial=final,

@@ -375,14 +375,17 @@ class Pipeline:
     def _output_bound(
         self, ctx: RequestContext, chain: list[ModelSpec], client_max: int | None
     ) -> tuple[int, bool]:
+        """(output tokens to reserve for all choices, flexible). A client cap above what every model in
+        the chain can produce is lowered to that (the provider would refuse it anyway)."""
         if ctx.operation == "embeddings":
             return 0, False
         model_max = max(m.max_output_tokens for m in chain)
+        choices = _choices(ctx.body, ctx.inbound)
         if client_max is not None:
-            return client_max, False
+            return min(client_max, model_max) * choices, False
         if ctx.operation == "text_completion":
-            return 16, False  # the API's documented default
-        return model_max, True
+            return 16 * choices, False  # the API's documented default
+        return model_max * choices, True
 
     def _ask(
         self, ctx: RequestContext, chain: list[ModelSpec], prompt_tokens: int, out_max: int, flexible: bool
@@ -413,6 +416,7 @@ class Pipeline:
             rates=max_rates(chain),
             intent=skeleton,
             lease_ttl_ms=timeout_ms + int(self.config.source.store.lease_grace_s * 1000),
+            choices=_choices(ctx.body, ctx.inbound),
         )
 
     # ------------------------------------------------------------------ upstream
@@ -424,7 +428,7 @@ class Pipeline:
         assert res is not None and ctx.principal is not None
         t = cfg.source.server.timeouts
         timeouts = Timeouts(connect_s=t.connect_s, first_byte_s=t.first_byte_s, idle_s=t.idle_s)
-        out_cap = res.out_tokens
+        out_cap = res.out_tokens // _choices(ctx.body, ctx.inbound)  # per choice
         body_cap = _client_max_tokens(ctx.body, ctx.inbound)
         inject = ctx.operation != "embeddings" and (body_cap is None or out_cap < body_cap)
 
@@ -770,6 +774,18 @@ def _failure_status(exc: BaseException) -> int:
 
 def _wire(inbound: str) -> Literal["openai", "anthropic"]:
     return "anthropic" if inbound == "anthropic" else "openai"
+
+
+def _choices(body: dict[str, Any], inbound: str) -> int:
+    """How many completions one request produces (``n``, and ``best_of`` for text completions)."""
+    if inbound != "openai":
+        return 1
+    count = 1
+    for name in ("n", "best_of"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value > count:
+            count = value
+    return count
 
 
 def _client_max_tokens(body: dict[str, Any], inbound: str) -> int | None:

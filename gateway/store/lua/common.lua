@@ -11,17 +11,19 @@ local function split(s)
 end
 
 -- Exact integer division for doubles holding integers (n/d alone can round across an integer).
+-- At most two corrections each way: the float quotient is within one of the true one, and the
+-- bounded loops can never spin (values past 2^53 are refused by the gateway before they get here).
 local function ceil_div(n, d)
   local q = math.floor(n / d)
-  while q * d < n do q = q + 1 end
-  while (q - 1) * d >= n do q = q - 1 end
+  for _ = 1, 2 do if q * d < n then q = q + 1 end end
+  for _ = 1, 2 do if (q - 1) * d >= n then q = q - 1 end end
   return q
 end
 
 local function floor_div(n, d)
   local q = math.floor(n / d)
-  while q * d > n do q = q - 1 end
-  while (q + 1) * d <= n do q = q + 1 end
+  for _ = 1, 2 do if q * d > n then q = q - 1 end end
+  for _ = 1, 2 do if (q + 1) * d <= n then q = q + 1 end end
   return q
 end
 
