@@ -61,7 +61,7 @@ def _k(team: str, suffix: str) -> str:
 class RedisStore:
     name = "redis"
 
-    def __init__(self, url: str, pool_size: int = 64, socket_timeout_s: float = 0.5) -> None:
+    def __init__(self, url: str, pool_size: int = 64, socket_timeout_s: float = 1.0) -> None:
         self.url = url
         # A blocking pool: a burst wider than the pool queues for a free connection, where the plain
         # pool raises "Too many connections", i.e. a spurious store outage (503 or fail-open). The
