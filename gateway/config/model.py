@@ -52,7 +52,7 @@ class StoreConfig(Strict):
     state_dir: str = ".gateway-state"
     pool_size: int = Field(64, ge=1, le=10_000)
     expected_replicas: int = Field(1, ge=1, description="divides the fail-open guard")
-    socket_timeout_s: float = Field(1.0, gt=0, description="Redis socket timeout; also bounds a store outage's latency")
+    socket_timeout_s: float = Field(1.0, gt=0, description="Redis socket timeout (bounds an outage's cost)")
     lease_grace_s: float = Field(
         60.0, ge=0, description="how long a reservation outlives the deadline before it is charged in full"
     )
