@@ -160,19 +160,17 @@ class Pipeline:
         ctx.stream = ctx.body.get("stream") is True
         options = ctx.body.get("stream_options")
         ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
-        if ctx.requested_model not in cfg.models and not self._routable(ctx, cfg):
-            raise ModelNotFound(
-                f"the model `{ctx.requested_model}` does not exist or you do not have access to it",
-                param="model",
-            )
+        # The allow-list applies to what the team asks for; where the platform's rules then route it is
+        # the platform's decision. An alias only a rule resolves (`auto`) is a valid name too.
+        unknown = ModelNotFound(
+            f"the model `{ctx.requested_model}` does not exist or you do not have access to it", param="model"
+        )
         if not team.may_use(ctx.requested_model):
-            raise ModelNotFound(
-                f"the model `{ctx.requested_model}` does not exist or you do not have access to it",
-                param="model",
-            )
+            raise unknown
         ctx.tags = extract_tags(team.tags, ctx.body, ctx.headers.get("x-gateway-tags"), cfg.source.tags)
-        facts = self._facts(ctx, cfg)
-        decision = cfg.rules.decide(facts)
+        decision = cfg.rules.decide(self._facts(ctx, cfg))
+        if ctx.requested_model not in cfg.models and decision.rule == "default":
+            raise unknown
         ctx.decision, ctx.route = decision, decision.rule
         for key, value in decision.add_tags:
             ctx.tags[key] = value
@@ -187,13 +185,6 @@ class Pipeline:
                 f"the model `{chain[0].name}` does not support {ctx.operation}", param="model"
             )
         return chain
-
-    def _routable(self, ctx: RequestContext, cfg: Config) -> bool:
-        """An alias that only a rule resolves (e.g. ``auto``) is a valid model name too."""
-        return (
-            any(r.rule.route_to is not None or r.rule.auto is not None for r in cfg.rules.rules)
-            and cfg.rules.decide(self._facts(ctx, cfg)).rule != "default"
-        )
 
     def _facts(self, ctx: RequestContext, cfg: Config) -> Facts:
         assert ctx.principal is not None
