@@ -155,7 +155,7 @@ class EncodingRegistry:
             except Exception as exc:
                 log.error("fallback encoding %s unavailable: %r", FALLBACK_ENCODING, exc)
                 raise EncodingUnavailable(FALLBACK_ENCODING) from exc
-            self._loaded[FALLBACK_ENCODING] = enc
+            self._loaded[FALLBACK_ENCODING] = _slim(enc)
             return enc
 
     def _start_load(self, name: str) -> threading.Event | None:
@@ -188,11 +188,19 @@ class EncodingRegistry:
                 self._attempted_at[name] = time.monotonic()
         else:
             with self._lock:
-                self._loaded[name] = enc
+                self._loaded[name] = _slim(enc)
         finally:
             with self._lock:
                 self._in_flight.pop(name, None)
             event.set()
+
+
+def _slim(enc: Encoding) -> Encoding:
+    """Drop the Python-side copy of the BPE ranks (~16 MB for cl100k): encoding runs in tiktoken's Rust
+    core, which keeps its own; the dict only serves decoding helpers this gateway never calls."""
+    if isinstance(getattr(enc, "_mergeable_ranks", None), dict):
+        enc._mergeable_ranks = {}
+    return enc
 
 
 default_registry = EncodingRegistry()
