@@ -307,6 +307,7 @@ def test_tpm_limit(gw: GatewayProc) -> None:
 def test_admin_budgets_fields(gw: GatewayProc) -> None:
     status, body, _ = chat(gw, "sk-deny", max_tokens=10)
     assert status == 200, body
+    assert chat(gw, "sk-deny", max_tokens=5000)[0] == 429
     view = settled(gw, "deny")
     now = datetime.now(UTC)
     day = now.strftime("%Y-%m-%d")
@@ -341,7 +342,7 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
 
 
 def test_budget_metrics(gw: GatewayProc) -> None:
-    same_minute(15)
+    same_minute(5)
     status, body, _ = chat(gw, "sk-metered", max_tokens=10)
     assert status == 200, body
     for _ in range(2):

@@ -7,7 +7,7 @@ budget that fits roughly a hundred of them. Afterwards:
 
 * settled spend <= the limit, read from ``/admin/budgets`` and by summing the raw ledger;
 * settled spend >= limit - the largest single request's upper bound (the budget is not left idle:
-  the tail of the load is paced, so the last denials happen while nothing else is in flight);
+  the last 100 requests go one at a time, so their denials happen while nothing else is in flight);
 * every response is a 200 or a 429 ``budget_exceeded`` in the caller's wire format, never a 5xx;
 * the ledger holds exactly one record per served request, and its sum equals the spend;
 * the costs the clients were told (header / SSE comment) add up to the same spend;
@@ -310,7 +310,9 @@ def config(tmp: Path, mock_url: str) -> Path:
     return write_config(tmp, cfg)
 
 
-def check_property(outcomes: list[Outcome], scope: dict[str, Any], ledger: list[dict[str, Any]], base: str):
+def check_property(
+    outcomes: list[Outcome], scope: dict[str, Any], ledger: list[dict[str, Any]], base: str
+) -> None:
     # Every answer is a served 200 or a budget denial in the caller's own wire format.
     statuses = Counter(o.status for o in outcomes)
     assert set(statuses) <= {200, 429}, statuses
@@ -332,6 +334,7 @@ def check_property(outcomes: list[Outcome], scope: dict[str, Any], ledger: list[
     # budget was below its own need; later requests only spend more. So once the sequential tail has
     # seen a denial, less than the largest single request's need can be left unspent.
     tail = outcomes[BURST + PACED :]
+    assert len(tail) == SEQUENTIAL
     assert any(o.status == 429 for o in tail), "the budget was never exhausted"
     largest = max(o.shot.need_nano() for o in outcomes)
     assert spent >= LIMIT_NANO - largest, (spent, largest)
