@@ -26,14 +26,14 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gateway.budget import Ask, BudgetManager  # noqa: E402
-from gateway.config.runtime import BudgetSpec, CachePolicy, Principal, TeamSpec  # noqa: E402
-from gateway.metering.pricing import Rates  # noqa: E402
-from gateway.observability.metrics import Metrics  # noqa: E402
-from gateway.policy.engine import _globs  # noqa: E402
-from gateway.store.base import Store  # noqa: E402
-from gateway.store.memory import MemoryStore  # noqa: E402
-from gateway.store.redis import RedisStore  # noqa: E402
+from gateway.budget import Ask, BudgetManager
+from gateway.config.runtime import BudgetSpec, CachePolicy, Principal, TeamSpec
+from gateway.metering.pricing import Rates
+from gateway.observability.metrics import Metrics
+from gateway.policy.engine import _globs
+from gateway.store.base import Store
+from gateway.store.memory import MemoryStore
+from gateway.store.redis import RedisStore
 
 RATES = Rates(
     input=1_000_000,
