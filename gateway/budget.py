@@ -32,6 +32,7 @@ from gateway.metering.pricing import Rates, nano_to_usd_str
 from gateway.observability.metrics import Metrics
 from gateway.periods import period_bounds, seconds_until_reset
 from gateway.store.base import (
+    CacheProbe,
     RateLimit,
     ReserveRequest,
     ReserveResult,
@@ -161,6 +162,25 @@ class BudgetManager:
     ) -> Reservation:
         """``final=False`` for an attempt the caller follows with another if denied: a request's
         denial is counted (store and metrics) once, on its final attempt."""
+        _, reservation = await self.admit(principal, ask, None, now, final=final)
+        assert reservation is not None
+        return reservation
+
+    async def admit(
+        self,
+        principal: Principal,
+        ask: Ask,
+        probe: CacheProbe | None,
+        now: datetime | None = None,
+        *,
+        final: bool = True,
+    ) -> tuple[bytes | None, Reservation | None]:
+        """The cache probe and the reservation in one store operation (one Redis round trip).
+
+        Returns ``(entry, None)`` on a cache hit (nothing reserved) and ``(None, reservation)`` on a
+        miss, with ``probe.locked`` telling whether this request holds the cache fill lock. A store
+        failure is a cache miss without a lock (the cache fails open) and then the team's
+        ``on_store_error`` decides the budget's answer."""
         now = now or datetime.now(UTC)
         scopes, limits = self._scopes_and_limits(principal, now)
         rates = ask.rates
@@ -169,9 +189,18 @@ class BudgetManager:
         )
         out_price = max(rates.output, rates.reasoning)
         if not scopes and not limits:
-            return Reservation(
+            none = Reservation(
                 ask.lease_id, principal.team.name, [], ask.out_tokens_max, 0, 0, UNLIMITED, "none"
             )
+            if probe is None:
+                return None, none
+            try:
+                admission = await self.store.admit(principal.team.name, None, probe)
+            except StoreError:
+                self.metrics.cache_errors.labels("admit").inc()
+                probe.locked = False
+                return None, none
+            return admission.entry, (None if admission.entry is not None else none)
         req = ReserveRequest(
             team=principal.team.name,
             lease_id=ask.lease_id,
@@ -188,14 +217,21 @@ class BudgetManager:
             count_denial=final,
         )
         try:
-            result = await self.store.reserve(req)
+            admission = await self.store.admit(principal.team.name, req, probe)
         except StoreError as exc:
             self.metrics.store_errors.labels("reserve").inc()
-            return self._fail_open(principal, req, exc)
+            if probe is not None:
+                self.metrics.cache_errors.labels("admit").inc()
+                probe.locked = False
+            return None, self._fail_open(principal, req, exc)
+        if admission.entry is not None:
+            return admission.entry, None
+        result = admission.result
+        assert result is not None
         if not result.ok:
             raise self._denial(principal, result, scopes, limits, now, final)
         self._note_utilization(principal, scopes, result)
-        return Reservation(
+        return None, Reservation(
             ask.lease_id,
             principal.team.name,
             scopes,

@@ -38,7 +38,7 @@ from gateway.cache_codec import CacheEntry, decode_entry, encode_entry
 from gateway.config.model import CacheConfig, CacheSettings
 from gateway.config.runtime import CachePolicy
 from gateway.observability.metrics import Metrics
-from gateway.store.base import Store, StoreError
+from gateway.store.base import CacheProbe, CacheWrite, Store, StoreError
 
 log = logging.getLogger("gateway.cache")
 
@@ -110,12 +110,61 @@ class ResponseCache:
         self.metrics = metrics
         self._inflight: dict[str, asyncio.Future[CacheEntry | None]] = {}
         self._locked: set[str] = set()  # keys whose store lock this process took (and so may delete)
+        self._writes: list[CacheWrite] = []
+        self._writer: asyncio.Task[None] | None = None
+
+    @staticmethod
+    def slot(namespace: str) -> str:
+        """A team's entries live in the team's own Redis Cluster slot, so one script can probe the cache
+        and reserve the budget together; a shared group's entries live in the group's slot."""
+        return namespace.removeprefix("team:")
 
     def _slot(self, namespace: str) -> str:
-        # The namespace is the hash tag: a team's entries share its Redis Cluster slot.
-        return namespace
+        return self.slot(namespace)
 
-    async def get(self, namespace: str, key: str, team: str) -> CacheEntry | None:
+    def probe(self, namespace: str, key: str, read: bool) -> CacheProbe:
+        lock_ms = self.cfg.lock_wait_ms * 2 if read and self.cfg.lock_wait_ms > 0 else 0
+        return CacheProbe(slot=self.slot(namespace), key=key, read=read, lock_ms=lock_ms)
+
+    def owns(self, key: str) -> None:
+        """This process took the key's fill lock (through an admission): it may release it."""
+        self._locked.add(key)
+
+    def decode(self, raw: bytes) -> CacheEntry | None:
+        try:
+            return decode_entry(raw)
+        except ValueError:
+            self.metrics.cache_errors.labels("decode").inc()
+            return None
+
+    def queue_put(self, namespace: str, key: str, entry: CacheEntry, ttl_s: int) -> None:
+        """Off the response path: queued, then written with other entries in one round trip. The fill
+        lock (if this process holds it) goes in the same batch, after the entry."""
+        data = encode_entry(entry, self.cfg.compress_min_bytes)
+        unlock = key in self._locked
+        self._locked.discard(key)
+        if len(data) > self.cfg.max_entry_bytes:
+            if unlock:
+                self._writes.append((self._slot(namespace), key, b"", 0, True))
+        else:
+            self._writes.append((self._slot(namespace), key, data, ttl_s, unlock))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._flush(), name="cache-writer")
+
+    async def _flush(self) -> None:
+        while self._writes:
+            batch, self._writes = self._writes, []
+            try:
+                await self.store.cache_set_many(batch)
+            except StoreError as exc:  # the cache fails open: a lost write is a later miss
+                self.metrics.cache_errors.labels("set").inc()
+                log.warning("cache write failed: %s", exc)
+
+    async def drain(self) -> None:
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+
+    async def get(self, namespace: str, key: str) -> CacheEntry | None:
         try:
             raw = await self.store.cache_get(self._slot(namespace), key)
         except StoreError as exc:
@@ -161,22 +210,12 @@ class ResponseCache:
         if future is not None and not future.done():
             future.set_result(entry)
 
-    async def wait_for_peer(self, namespace: str, key: str, team: str) -> CacheEntry | None:
-        """Cross-replica: take the lock, or poll for the holder's entry up to ``lock_wait_ms``."""
-        if self.cfg.lock_wait_ms <= 0:
-            return None
-        ttl = self.cfg.lock_wait_ms * 2
-        try:
-            if await self.store.cache_lock(self._slot(namespace), key, ttl):
-                self._locked.add(key)
-                return None  # we lead: go upstream
-        except StoreError:
-            self.metrics.cache_errors.labels("lock").inc()
-            return None
+    async def wait_for_entry(self, namespace: str, key: str) -> CacheEntry | None:
+        """Cross-replica: another replica holds the fill lock; poll for its entry up to ``lock_wait_ms``."""
         deadline = time.monotonic() + self.cfg.lock_wait_ms / 1000
         while time.monotonic() < deadline:
             await asyncio.sleep(_LOCK_POLL_S)
-            entry = await self.get(namespace, key, team)
+            entry = await self.get(namespace, key)
             if entry is not None:
                 return entry
         return None

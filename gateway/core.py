@@ -121,6 +121,7 @@ class Gateway:
         self.ready = False
         await self.tasks.drain(grace_s)
         await self.budget.drain(grace_s, self.spill_dir)
+        await self.cache.drain()
         for task in self._background:
             task.cancel()
         for task in self._background:

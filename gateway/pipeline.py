@@ -36,11 +36,11 @@ from gateway.policy.engine import Decision, Facts
 from gateway.providers.base import Timeouts, forwarded_headers
 from gateway.providers.relay import StreamRelay, convert_body, error_event, stream_relay
 from gateway.providers.translate import UpstreamStreamError
+from gateway.store.base import CacheProbe
 from gateway.tagging import extract as extract_tags
 from gateway.tasks import TaskGroup
 
 log = logging.getLogger("gateway.request")
-
 
 
 @dataclass(slots=True)
@@ -131,11 +131,23 @@ class Pipeline:
         chain = self._admit_and_route(ctx, cfg)
         decision = self._cache_decision(ctx, cfg, chain[0])
         try:  # the lookup may make this request the leader of its key: every exit must end that
+            probe = None
             if decision is not None:
-                hit = await self._cache_lookup(ctx, decision, chain[0])
+                hit, probe = await self._cache_prepare(ctx, decision, chain[0])
                 if hit is not None:
                     return hit
-            ctx.reservation = await self._reserve(ctx, cfg, chain)
+            # One store operation: the cache entry if there is one, otherwise the reservation.
+            raw = await self._reserve(ctx, cfg, chain, probe)
+            if raw is not None:
+                entry = self.cache.decode(raw)
+                if entry is not None:
+                    return self._serve_hit(ctx, entry, chain[0])
+                await self._reserve(ctx, cfg, chain, None)  # an unreadable entry is a miss
+            elif decision is not None and probe is not None and probe.read and not probe.locked:
+                # Another replica is filling this entry: wait (bounded) for it rather than pay twice.
+                entry = await self.cache.wait_for_entry(decision.namespace, probe.key)
+                if entry is not None:
+                    return self._serve_hit(ctx, entry, chain[0])
             result = await self._forward(ctx, cfg, chain, decision)
         except BaseException:
             self._end_lead(ctx)
@@ -248,36 +260,33 @@ class Pipeline:
             return None
         return decision
 
-    async def _cache_lookup(
+    async def _cache_prepare(
         self, ctx: RequestContext, decision: CacheDecision, model: ModelSpec
-    ) -> Reply | StreamReply | None:
-        assert ctx.principal is not None
+    ) -> tuple[Reply | StreamReply | None, CacheProbe | None]:
+        """Identical requests in this process wait for the first one (no store call at all); the
+        first one leads, and its store probe travels with its reservation (one round trip)."""
         ctx.cache_vary = forwarded_headers(model.deployments[0].provider, ctx.headers)
         key = cache_key(decision.namespace, ctx.inbound, ctx.operation, model.name, ctx.body, ctx.cache_vary)
         ctx.cache = "miss"
-        entry = (
-            await self.cache.get(decision.namespace, key, ctx.principal.team.name) if decision.read else None
-        )
-        if entry is None and decision.read:
-            follower = self.cache.follower_of(key)
-            if follower is not None:
-                entry = await self.cache.follow(follower)
+        if decision.read:
+            leader = self.cache.follower_of(key)
+            if leader is not None:
+                entry = await self.cache.follow(leader)
+                if entry is not None:
+                    return self._serve_hit(ctx, entry, model), None
             else:
                 self.cache.lead(key)
                 ctx.cache_lead = (decision.namespace, key)
-                entry = await self.cache.wait_for_peer(decision.namespace, key, ctx.principal.team.name)
-                if entry is not None:
-                    self.cache.finish(key, entry)
-                    ctx.cache_lead = None
-        if entry is None:
-            return None
-        return self._serve_hit(ctx, entry, model)
+        return None, self.cache.probe(decision.namespace, key, decision.read)
 
     def _serve_hit(self, ctx: RequestContext, entry: CacheEntry, model: ModelSpec) -> Reply | StreamReply:
         assert ctx.principal is not None
         ctx.cache = "hit"
         ctx.cost_nano = 0
         ctx.cache_age_s = max(0, (int(time.time() * 1000) - entry.created_ms) // 1000)
+        if ctx.cache_lead is not None:  # wake identical requests waiting in this process
+            self.cache.finish(ctx.cache_lead[1], entry)
+            ctx.cache_lead = None
         usage = Usage(**{k: v for k, v in entry.usage.items() if k in Usage.__slots__})
         deployment = next(
             (d for d in model.deployments if d.logical == entry.served_model), model.deployments[0]
@@ -289,7 +298,10 @@ class Pipeline:
         self.metrics.cache_requests.labels(ctx.principal.team.name, "hit").inc()
         self.metrics.savings.labels(ctx.principal.team.name, "cache").inc(saved / 1e9)
         record = self._record(ctx, deployment, usage, cost=0, counterfactual=saved, status=200)
-        self.budget.submit_record(ctx.principal.team.name, record, 0, 0, [])
+        if ctx.reservation is not None:  # reserved before a peer's entry appeared: released at $0
+            self.budget.submit(ctx.reservation, 0, 0, record)
+        else:
+            self.budget.submit_record(ctx.principal.team.name, record, 0, 0, [])
         headers = self._headers(ctx, deployment)
         self._observe(ctx, 200)
         if ctx.stream:
@@ -299,27 +311,49 @@ class Pipeline:
 
     # ------------------------------------------------------------------ budget
 
-    async def _reserve(self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec]) -> Reservation:
-        """Up to three attempts; only the last (in ``_downgrade``) counts as the request's denial."""
+    async def _reserve(
+        self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec], probe: CacheProbe | None
+    ) -> bytes | None:
+        """Sets ``ctx.reservation``, or returns the cache entry the same store operation found.
+        Up to three attempts; only the last (in ``_downgrade``) counts as the request's denial."""
         assert ctx.principal is not None
         out_max, flexible = self._output_bound(ctx, chain, self._capped_max_tokens(ctx))
         bound = self._prompt_bound(ctx)
         ask = self._ask(ctx, chain, bound, out_max, flexible)
         try:
-            return await self.budget.reserve(ctx.principal, ask, final=False)
+            entry, ctx.reservation = await self.budget.admit(ctx.principal, ask, probe, final=False)
+            if probe is not None and probe.locked:
+                self.cache.owns(probe.key)
+            return entry
         except BudgetExceeded:
-            # Only now is an exact count worth its cost: it may fit where the byte bound did not.
-            if self._exact_is_strict(chain):
-                exact = self._exact_prompt_tokens(ctx, chain[0].deployments[0].upstream_model)
-                if exact < bound:
-                    ctx.prompt_bound = exact
-                    try:
-                        return await self.budget.reserve(
-                            ctx.principal, self._ask(ctx, chain, exact, out_max, flexible), final=False
-                        )
-                    except BudgetExceeded:
-                        pass
-            return await self._downgrade(ctx, cfg, chain)
+            if probe is not None and probe.locked:
+                self.cache.owns(probe.key)  # released by the lead's end
+            ctx.reservation = await self._reserve_again(ctx, cfg, chain, bound, out_max, flexible)
+            return None
+
+    async def _reserve_again(
+        self,
+        ctx: RequestContext,
+        cfg: Config,
+        chain: list[ModelSpec],
+        bound: int,
+        out_max: int,
+        flexible: bool,
+    ) -> Reservation:
+        """The first attempt was denied on the byte bound: try the exact count, then the downgrade."""
+        assert ctx.principal is not None
+        # Only now is an exact count worth its cost: it may fit where the byte bound did not.
+        if self._exact_is_strict(chain):
+            exact = self._exact_prompt_tokens(ctx, chain[0].deployments[0].upstream_model)
+            if exact < bound:
+                ctx.prompt_bound = exact
+                try:
+                    return await self.budget.reserve(
+                        ctx.principal, self._ask(ctx, chain, exact, out_max, flexible), final=False
+                    )
+                except BudgetExceeded:
+                    pass
+        return await self._downgrade(ctx, cfg, chain)
 
     def _capped_max_tokens(self, ctx: RequestContext) -> int | None:
         """The client's max_tokens, lowered to a routing rule's cap (every attempt honours the cap)."""
@@ -497,9 +531,17 @@ class Pipeline:
         ctx.upstream_s = time.perf_counter() - upstream_started
         chain_first = ctx.decision.chain[0] if ctx.decision and ctx.decision.chain else ctx.requested_model
         record = ledger.complete(
-            self._ask_intent(ctx, chain_first), served_model=chain_first, upstream_model="", provider="",
-            deployment="", cache=ctx.cache, status=499, usage=Usage(estimated=True), cost=res.reserved_nano,
-            counterfactual=res.reserved_nano, latency_ms=(time.perf_counter() - ctx.started) * 1000,
+            self._ask_intent(ctx, chain_first),
+            served_model=chain_first,
+            upstream_model="",
+            provider="",
+            deployment="",
+            cache=ctx.cache,
+            status=499,
+            usage=Usage(estimated=True),
+            cost=res.reserved_nano,
+            counterfactual=res.reserved_nano,
+            latency_ms=(time.perf_counter() - ctx.started) * 1000,
         )
         self.budget.submit(res, res.reserved_nano, res.reserved_tokens, record)
 
@@ -693,20 +735,15 @@ class Pipeline:
         )
 
     def _cache_write(self, ctx: RequestContext, cache: CacheDecision, model: str, entry: CacheEntry) -> None:
-        """Store under the model that actually answered (a fallback never fills the primary's slot)."""
+        """Store under the model that actually answered (a fallback never fills the primary's slot).
+        The write is queued and batched; the fill lock is released in the same batch, after it."""
         key = cache_key(cache.namespace, ctx.inbound, ctx.operation, model, ctx.body, ctx.cache_vary)
         self.cache.finish(key, entry)
         lead, ctx.cache_lead = ctx.cache_lead, None
         if lead is not None and lead[1] != key:
             self.cache.finish(lead[1], None)
-        self.tasks.spawn(self._write_then_unlock(cache, key, entry, lead), name="cache-write")
-
-    async def _write_then_unlock(
-        self, cache: CacheDecision, key: str, entry: CacheEntry, lead: tuple[str, str] | None
-    ) -> None:
-        await self.cache.put(cache.namespace, key, entry, cache.ttl_s)
-        if lead is not None:  # only now: a peer polling for the entry finds it before the lock is gone
-            await self.cache.release(*lead)
+            self.tasks.spawn(self.cache.release(*lead), name="cache-unlock")
+        self.cache.queue_put(cache.namespace, key, entry, cache.ttl_s)
 
     # ------------------------------------------------------------------ response headers and metrics
 

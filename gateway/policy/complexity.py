@@ -17,9 +17,30 @@ rule; ``gateway policy explain --prompt TEXT`` prints the score.
 
 from __future__ import annotations
 
-_REASONING = ("prove", "proof", "derive", "analyze", "analyse", "explain why", "why ", "step by step",
-              "step-by-step", "reason", "compare", "trade-off", "tradeoff", "design", "architect",
-              "optimize", "optimise", "debug", "refactor", "evaluate", "critique", "plan ")
+_REASONING = (
+    "prove",
+    "proof",
+    "derive",
+    "analyze",
+    "analyse",
+    "explain why",
+    "why ",
+    "step by step",
+    "step-by-step",
+    "reason",
+    "compare",
+    "trade-off",
+    "tradeoff",
+    "design",
+    "architect",
+    "optimize",
+    "optimise",
+    "debug",
+    "refactor",
+    "evaluate",
+    "critique",
+    "plan ",
+)
 _CODE = ("```", "def ", "class ", "function", "=>", "};", "{\n", "return ", "import ")
 _MATH = ("\\frac", "\\sum", "\\int", "$$", " = ", " + ", " * ", "^2", "equation", "integral")
 _PARTS = ("?", "\n1.", "\n2.", "\n3.", "\n- ")

@@ -206,11 +206,16 @@ class UpstreamClient:
         ``first_byte_s`` for a whole answer, ``idle_s`` for each silence of a stream (its first one too)."""
         assert self._session is not None, "UpstreamClient.start() was not awaited"
         if call.stream:  # each silence is bounded; a read timer per chunk is fine at stream pace
-            timeout = aiohttp.ClientTimeout(total=None, connect=timeouts.connect_s,
-                                            sock_connect=timeouts.connect_s, sock_read=timeouts.idle_s)
+            timeout = aiohttp.ClientTimeout(
+                total=None,
+                connect=timeouts.connect_s,
+                sock_connect=timeouts.connect_s,
+                sock_read=timeouts.idle_s,
+            )
         else:  # one timer for the whole exchange: no per-read rescheduling on the hot path
-            timeout = aiohttp.ClientTimeout(total=timeouts.first_byte_s, connect=timeouts.connect_s,
-                                            sock_connect=timeouts.connect_s)
+            timeout = aiohttp.ClientTimeout(
+                total=timeouts.first_byte_s, connect=timeouts.connect_s, sock_connect=timeouts.connect_s
+            )
         try:
             response = await self._session.post(
                 call.url, data=call.payload, headers=call.headers, timeout=timeout

@@ -82,6 +82,27 @@ class ReserveResult:
 
 
 @dataclass(slots=True)
+class CacheProbe:
+    """The response-cache half of an admission: read the entry, and take its fill lock on a miss."""
+
+    slot: str  # the cache namespace's slot: the team's own name, or "group:<name>" for a shared group
+    key: str
+    read: bool
+    lock_ms: int  # 0: take no lock
+    locked: bool = False  # set by ``admit``: this request holds the fill lock (and must release it)
+
+
+@dataclass(slots=True)
+class Admission:
+    entry: bytes | None = None  # a cache hit: nothing was reserved
+    result: ReserveResult | None = None  # the reservation's outcome (None: nothing asked)
+
+
+# One queued cache write: (slot, key, value, ttl_s, release the fill lock too); an empty value only unlocks.
+CacheWrite = tuple[str, str, bytes, int, bool]
+
+
+@dataclass(slots=True)
 class Settlement:
     team: str
     lease_id: str
@@ -144,6 +165,10 @@ class Store(Protocol):
 
     # budgets
     async def reserve(self, req: ReserveRequest) -> ReserveResult: ...
+    async def admit(self, team: str, req: ReserveRequest | None, probe: CacheProbe | None) -> Admission:
+        """Cache lookup (+ fill lock on a miss) and reservation together: one round trip on Redis."""
+        ...
+
     async def settle(self, settlement: Settlement) -> bool: ...
     async def record(
         self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
@@ -162,3 +187,4 @@ class Store(Protocol):
     async def cache_set(self, team: str, key: str, value: bytes, ttl_s: int) -> None: ...
     async def cache_lock(self, team: str, key: str, ttl_ms: int) -> bool: ...
     async def cache_unlock(self, team: str, key: str) -> None: ...
+    async def cache_set_many(self, writes: list[CacheWrite]) -> None: ...

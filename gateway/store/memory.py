@@ -22,6 +22,9 @@ from typing import Any
 
 from gateway import jsonutil
 from gateway.store.base import (
+    Admission,
+    CacheProbe,
+    CacheWrite,
     Charge,
     KeyRecord,
     ReserveRequest,
@@ -257,6 +260,15 @@ class MemoryStore:
                     self._log({"op": "deny", "counter": scope.counter})
         return result
 
+    async def admit(self, team: str, req: ReserveRequest | None, probe: CacheProbe | None) -> Admission:
+        if probe is not None:
+            if probe.read:
+                entry = await self.cache_get(probe.slot, probe.key)
+                if entry is not None:
+                    return Admission(entry=entry)
+            probe.locked = probe.lock_ms <= 0 or await self.cache_lock(probe.slot, probe.key, probe.lock_ms)
+        return Admission(result=await self.reserve(req) if req is not None else None)
+
     async def settle(self, settlement: Settlement) -> bool:
         if not self.book.settle(settlement):
             return False
@@ -389,6 +401,13 @@ class MemoryStore:
     def _evict(self, full: str) -> None:
         _, value = self._cache.pop(full)
         self._cache_bytes -= len(value)
+
+    async def cache_set_many(self, writes: list[CacheWrite]) -> None:
+        for slot, key, value, ttl_s, unlock in writes:
+            if value:  # empty: only release the lock
+                await self.cache_set(slot, key, value, ttl_s)
+            if unlock:
+                await self.cache_unlock(slot, key)
 
     async def cache_lock(self, team: str, key: str, ttl_ms: int) -> bool:
         full, now = f"{team}\x00{key}", time.monotonic()

@@ -15,6 +15,9 @@ from redis.exceptions import NoScriptError, RedisError
 
 from gateway import jsonutil
 from gateway.store.base import (
+    Admission,
+    CacheProbe,
+    CacheWrite,
     Charge,
     KeyRecord,
     ReserveRequest,
@@ -77,7 +80,9 @@ class RedisStore:
         )
         self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         common = _lua("common.lua")
-        self._reserve = _Script(self.client, common + _lua("reserve.lua"))
+        reserve_fn = _lua("reserve_fn.lua")
+        self._reserve = _Script(self.client, common + reserve_fn + _lua("reserve.lua"))
+        self._admit = _Script(self.client, common + reserve_fn + _lua("admit.lua"))
         self._settle = _Script(self.client, common + _lua("settle.lua"))
         self._record = _Script(self.client, common + _lua("record.lua"))
         self._expire = _Script(self.client, common + _lua("expire.lua"))
@@ -160,6 +165,40 @@ class RedisStore:
         return [_k(team, "budget"), _k(team, "lease_exp"), _k(team, "leases"), _k(team, "ledger")]
 
     async def reserve(self, req: ReserveRequest) -> ReserveResult:
+        keys, args = self._reserve_call(req)
+        raw = await self._call(self._reserve, keys, args)
+        await self._remember_team(req.team)
+        return _reserve_result(raw)
+
+    async def admit(self, team: str, req: ReserveRequest | None, probe: CacheProbe | None) -> Admission:
+        """One script when the cache entry lives in the team's slot; a shared group's entries live in
+        the group's slot (Redis Cluster forbids one script across slots), so those take separate calls."""
+        if probe is None:
+            return Admission(result=await self.reserve(req) if req is not None else None)
+        if probe.slot != team:
+            if probe.read:
+                entry = await self.cache_get(probe.slot, probe.key)
+                if entry is not None:
+                    return Admission(entry=entry)
+            probe.locked = probe.lock_ms <= 0 or await self.cache_lock(probe.slot, probe.key, probe.lock_ms)
+            return Admission(result=await self.reserve(req) if req is not None else None)
+        keys, args = (
+            self._reserve_call(req) if req is not None else ([*self._team_keys(team), _k(team, "rate:0")], [])
+        )
+        keys += [_k(team, f"c:{probe.key}"), _k(team, f"cl:{probe.key}")]
+        raw = await self._call(
+            self._admit, keys, [1 if probe.read else 0, probe.lock_ms, 1 if req is not None else 0, *args]
+        )
+        if _s(raw[0]) == "hit":
+            value = raw[1]
+            return Admission(entry=value if isinstance(value, bytes) else str(value).encode())
+        probe.locked = int(raw[1]) == 1
+        if req is None:
+            return Admission()
+        await self._remember_team(team)
+        return Admission(result=_reserve_result(raw[2:]))
+
+    def _reserve_call(self, req: ReserveRequest) -> tuple[list[str], list[Any]]:
         window = req.rate_limits[0].window if req.rate_limits else 0
         args: list[Any] = [
             req.lease_id,
@@ -179,10 +218,7 @@ class RedisStore:
         for rl in req.rate_limits:
             args += [f"{rl.kind}|{rl.scope}", rl.limit]
         args.append(1 if req.count_denial else 0)
-        keys = [*self._team_keys(req.team), _k(req.team, f"rate:{window}")]
-        raw = await self._call(self._reserve, keys, args)
-        await self._remember_team(req.team)
-        return _reserve_result(raw)
+        return [*self._team_keys(req.team), _k(req.team, f"rate:{window}")], args
 
     async def _remember_team(self, team: str) -> None:
         if team in self._known_teams:
@@ -345,6 +381,21 @@ class RedisStore:
     async def cache_set(self, team: str, key: str, value: bytes, ttl_s: int) -> None:
         try:
             await self.client.set(_k(team, f"c:{key}"), value, ex=ttl_s)
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
+
+    async def cache_set_many(self, writes: list[CacheWrite]) -> None:
+        """Many cache writes (and lock releases) in one round trip."""
+        if not writes:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for slot, key, value, ttl_s, unlock in writes:
+                if value:  # empty: only release the lock
+                    _ = pipe.set(_k(slot, f"c:{key}"), value, ex=ttl_s)
+                if unlock:
+                    _ = pipe.delete(_k(slot, f"cl:{key}"))
+            await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
 

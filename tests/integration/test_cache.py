@@ -25,7 +25,7 @@ import orjson
 import pytest
 import redis
 
-from gateway.cache import cache_key
+from gateway.cache import ResponseCache, cache_key
 from gateway.cache_codec import MAGIC, decode_entry
 from tests.harness import (
     ADMIN_TOKEN,
@@ -613,13 +613,15 @@ def _stored(
     body: dict[str, Any],
     vary: dict[str, str] | None = None,
 ) -> bytes | None:
-    """The raw cache value in Redis (layout: gw:{<namespace>}:c:<key>, see gateway.store.redis).
+    """The raw cache value in Redis (see ResponseCache.slot and gateway.store.redis for the layout).
     ``vary``: the forwarded request headers (x-mock-* here), which are part of the key."""
     assert stack.redis_url is not None
     key = cache_key(namespace, "openai", operation, model, body, vary)
     client = redis.Redis.from_url(stack.redis_url)
     try:
-        value = client.get(f"gw:{{{namespace}}}:c:{key}")
+        # A team's entries share the team's own hash slot (gw:{<team>}:c:<key>), so the cache probe and
+        # the budget reservation run as one script; a shared group keeps its own slot.
+        value = client.get(f"gw:{{{ResponseCache.slot(namespace)}}}:c:{key}")
     finally:
         client.close()
     assert value is None or isinstance(value, bytes)

@@ -393,26 +393,33 @@ async def test_lock_wait_zero_means_no_waiting() -> None:
     leader = cache.follower_of("k")
     assert leader is not None
     assert await cache.follow(leader) is None
-    assert await cache.wait_for_peer("team:t", "k", "t") is None
+    assert cache.probe("team:t", "k", read=True).lock_ms == 0  # no fill lock, so no cross-replica wait
 
 
 async def test_only_the_replica_that_took_the_lock_deletes_it() -> None:
     cache, store = _cache(lock_wait_ms=40)
-    assert await store.cache_lock("team:t", "k", 10_000)  # another replica leads this key
-    assert await cache.wait_for_peer("team:t", "k", "t") is None  # polled, timed out, went upstream
+    assert ResponseCache.slot("team:t") == "t" and ResponseCache.slot("group:g") == "group:g"
+    assert await store.cache_lock("t", "k", 10_000)  # another replica leads this key
+    probe = cache.probe("team:t", "k", read=True)
+    await store.admit("t", None, probe)
+    assert not probe.locked  # the admission saw the other replica's lock
+    assert await cache.wait_for_entry("team:t", "k") is None  # polled, timed out, went upstream
     await cache.release("team:t", "k")
-    assert not await store.cache_lock("team:t", "k", 10_000)  # the other replica's lock is intact
+    assert not await store.cache_lock("t", "k", 10_000)  # the other replica's lock is intact
 
-    assert await cache.wait_for_peer("team:t", "mine", "t") is None  # took the lock: leads
-    assert not await store.cache_lock("team:t", "mine", 10_000)
+    mine = cache.probe("team:t", "mine", read=True)
+    await store.admit("t", None, mine)
+    assert mine.locked  # took the lock: leads
+    cache.owns("mine")
+    assert not await store.cache_lock("t", "mine", 10_000)
     await cache.release("team:t", "mine")
-    assert await store.cache_lock("team:t", "mine", 10_000)  # released
+    assert await store.cache_lock("t", "mine", 10_000)  # released
 
 
 async def test_a_poller_serves_the_entry_the_lock_holder_writes() -> None:
     cache, store = _cache(lock_wait_ms=2000)
-    assert await store.cache_lock("team:t", "k", 10_000)
-    poll = asyncio.ensure_future(cache.wait_for_peer("team:t", "k", "t"))
+    assert await store.cache_lock("t", "k", 10_000)
+    poll = asyncio.ensure_future(cache.wait_for_entry("team:t", "k"))
     await asyncio.sleep(0.05)
-    await cache.put("team:t", "k", _entry(), ttl_s=60)
+    cache.queue_put("team:t", "k", _entry(), ttl_s=60)  # written in the background, in a batch
     assert await asyncio.wait_for(poll, 1) == _entry()
