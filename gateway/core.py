@@ -24,6 +24,7 @@ from gateway.config.yamlsource import ConfigError
 from gateway.dispatch import Dispatcher
 from gateway.ids import RequestIds
 from gateway.metering.tokens import TokenCounter, preload
+from gateway.observability.logging import AccessLog
 from gateway.observability.metrics import Metrics
 from gateway.periods import period_bounds, period_seconds
 from gateway.pipeline import Pipeline
@@ -65,6 +66,7 @@ class Gateway:
         self.store = store or make_store(config)
         self.tasks = TaskGroup()
         self.ids = RequestIds()
+        self.access_log = AccessLog()
         self.auth = Authenticator(self.store, lambda: self.config)
         self.budget = BudgetManager(self.store, self.metrics, config.source.store.expected_replicas)
         self.cache = ResponseCache(self.store, config.source.cache, self.metrics)
@@ -122,6 +124,7 @@ class Gateway:
         await self.tasks.drain(grace_s)
         await self.budget.drain(grace_s, self.spill_dir)
         await self.cache.drain()
+        self.access_log.flush()
         for task in self._background:
             task.cancel()
         for task in self._background:

@@ -150,7 +150,7 @@ async def handle_llm(request: web.Request, wire: str, operation: str) -> web.Str
         )
         result = await gateway.pipeline.handle(ctx)
     except GatewayError as err:
-        _access_log(ctx, request_id, err.status, wire, err.message)
+        _access_log(gateway, ctx, request_id, err.status, wire, err.message)
         _count_failure(gateway, ctx, operation, err.status)
         return error_response(err, wire, request_id)
     except Exception:
@@ -159,7 +159,7 @@ async def handle_llm(request: web.Request, wire: str, operation: str) -> web.Str
         return error_response(GatewayError("internal gateway error"), wire, request_id)
     headers = {**result.headers, **_id_headers(wire, request_id)}
     if isinstance(result, Reply):
-        _access_log(ctx, request_id, result.status, wire)
+        _access_log(gateway, ctx, request_id, result.status, wire)
         return web.Response(
             status=result.status, body=result.body, content_type="application/json", headers=headers
         )
@@ -189,6 +189,7 @@ async def _write_stream(
     request_id: str,
     wire: str,
 ) -> web.StreamResponse:
+    gateway = request.app[GATEWAY]
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
     chunks = result.chunks
     try:
@@ -199,14 +200,17 @@ async def _write_stream(
         # The client went away: stop reading upstream (closing the generator closes the upstream
         # connection) and settle what was delivered.
         await chunks.aclose()  # type: ignore[attr-defined]
-        _access_log(ctx, request_id, 499, wire, "client disconnected")
+        _access_log(gateway, ctx, request_id, 499, wire, "client disconnected")
         raise
-    _access_log(ctx, request_id, ctx.status if ctx else 200, wire)
+    _access_log(gateway, ctx, request_id, ctx.status if ctx else 200, wire)
     return response
 
 
-def _access_log(ctx: RequestContext | None, request_id: str, status: int, wire: str, error: str = "") -> None:
-    if not log.isEnabledFor(logging.INFO):
+def _access_log(
+    gateway: Gateway, ctx: RequestContext | None, request_id: str, status: int, wire: str, error: str = ""
+) -> None:
+    access = gateway.access_log
+    if not access.enabled():
         return
     extra: dict[str, Any] = {"request_id": request_id, "status": status, "wire": wire}
     if ctx is not None:
@@ -224,4 +228,4 @@ def _access_log(ctx: RequestContext | None, request_id: str, status: int, wire: 
         )
     if error or (ctx is not None and ctx.error):
         extra["error"] = error or (ctx.error if ctx else "")
-    log.info("request", extra=extra)
+    access.write(extra)

@@ -7,6 +7,7 @@ timeouts surface as ``StoreError``; the budget layer applies the team's ``on_sto
 
 from __future__ import annotations
 
+import hashlib
 from importlib import resources
 from typing import Any
 
@@ -27,6 +28,7 @@ from gateway.store.base import (
     Settlement,
     StoreError,
 )
+from gateway.store.resp import ReplyError, RespClient
 from gateway.store.rollup import hour_bucket, ledger_day
 
 _ROLLUP_TTL_S = 400 * 86400
@@ -40,21 +42,18 @@ def _lua(name: str) -> str:
 
 
 class _Script:
-    """EVALSHA with a transparent reload after a SCRIPT FLUSH or a failover to a fresh node."""
+    """A Lua script run by EVALSHA, loaded on its first NOSCRIPT (a new node, a SCRIPT FLUSH)."""
 
-    def __init__(self, client: aioredis.Redis, body: str) -> None:
-        self.client = client
+    def __init__(self, body: str) -> None:
         self.body = body
-        self.sha = ""
+        self.sha = hashlib.sha1(body.encode()).hexdigest()
 
-    async def __call__(self, keys: list[str], args: list[Any]) -> Any:
-        if not self.sha:
-            self.sha = await self.client.script_load(self.body)
-        try:
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
-        except NoScriptError:
-            self.sha = await self.client.script_load(self.body)
-            return await self.client.evalsha(self.sha, len(keys), *keys, *args)
+    def command(self, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
+        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+
+
+def _noscript(reply: Any) -> bool:
+    return isinstance(reply, ReplyError | NoScriptError) and str(reply).startswith("NOSCRIPT")
 
 
 def _k(team: str, suffix: str) -> str:
@@ -79,19 +78,22 @@ class RedisStore:
             decode_responses=False,
         )
         self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+        # The scripts go through the pipelined fast client (one socket, no pool, hiredis parsing).
+        self.fast = RespClient(url, socket_timeout_s)
         common = _lua("common.lua")
         reserve_fn = _lua("reserve_fn.lua")
-        self._reserve = _Script(self.client, common + reserve_fn + _lua("reserve.lua"))
-        self._admit = _Script(self.client, common + reserve_fn + _lua("admit.lua"))
-        self._settle = _Script(self.client, common + _lua("settle.lua"))
-        self._record = _Script(self.client, common + _lua("record.lua"))
-        self._expire = _Script(self.client, common + _lua("expire.lua"))
+        self._reserve = _Script(common + reserve_fn + _lua("reserve.lua"))
+        self._admit = _Script(common + reserve_fn + _lua("admit.lua"))
+        self._settle = _Script(common + _lua("settle.lua"))
+        self._record = _Script(common + _lua("record.lua"))
+        self._expire = _Script(common + _lua("expire.lua"))
         self._known_teams: set[str] = set()
 
     async def start(self) -> None:
         """Never fails: the gateway must start while Redis is down (the budget layer decides per team)."""
 
     async def close(self) -> None:
+        await self.fast.close()
         await self.client.aclose()
 
     async def ping(self) -> bool:
@@ -101,10 +103,7 @@ class RedisStore:
             return False
 
     async def _call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await script(keys, args)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"redis: {exc}") from exc
+        return (await self._call_many(script, [(keys, args)]))[0]
 
     # ------------------------------------------------------------------ keys
 
@@ -265,30 +264,23 @@ class RedisStore:
             return []
         results: list[Any] = [None] * len(calls)
         todo = list(range(len(calls)))
-        try:
-            if not script.sha:
-                script.sha = await self.client.script_load(script.body)
-            for _attempt in range(2):
-                pipe = self.client.pipeline(transaction=False)
-                for i in todo:
-                    keys, args = calls[i]
-                    _ = pipe.evalsha(script.sha, len(keys), *keys, *args)
-                answers = await pipe.execute(raise_on_error=False)
-                missing = []
-                for i, answer in zip(todo, answers, strict=True):
-                    if isinstance(answer, NoScriptError):
-                        missing.append(i)  # only these re-run: the others are applied already
-                    elif isinstance(answer, Exception):
-                        raise StoreError(f"redis: {answer}")
-                    else:
-                        results[i] = answer
-                if not missing:
-                    return results
-                todo = missing
-                script.sha = await self.client.script_load(script.body)
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"redis: {exc}") from exc
-        raise StoreError("redis: the settle script could not be loaded")
+        for _attempt in range(2):
+            answers = await self.fast.execute_many([script.command(*calls[i]) for i in todo])
+            missing = []
+            for i, answer in zip(todo, answers, strict=True):
+                if _noscript(answer):
+                    missing.append(i)  # only these re-run: the others are applied already
+                elif isinstance(answer, ReplyError | Exception):
+                    raise StoreError(f"redis: {answer}")
+                else:
+                    results[i] = answer
+            if not missing:
+                return results
+            todo = missing
+            loaded = await self.fast.execute("SCRIPT", "LOAD", script.body)
+            if isinstance(loaded, ReplyError):
+                raise StoreError(f"redis: {loaded}")
+        raise StoreError("redis: the script could not be loaded")
 
     async def record(
         self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
@@ -386,18 +378,15 @@ class RedisStore:
 
     async def cache_set_many(self, writes: list[CacheWrite]) -> None:
         """Many cache writes (and lock releases) in one round trip."""
-        if not writes:
-            return
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for slot, key, value, ttl_s, unlock in writes:
-                if value:  # empty: only release the lock
-                    _ = pipe.set(_k(slot, f"c:{key}"), value, ex=ttl_s)
-                if unlock:
-                    _ = pipe.delete(_k(slot, f"cl:{key}"))
-            await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"redis: {exc}") from exc
+        commands: list[tuple[Any, ...]] = []
+        for slot, key, value, ttl_s, unlock in writes:
+            if value:  # empty: only release the lock
+                commands.append(("SET", _k(slot, f"c:{key}"), value, "EX", ttl_s))
+            if unlock:
+                commands.append(("DEL", _k(slot, f"cl:{key}")))
+        for answer in await self.fast.execute_many(commands):
+            if isinstance(answer, ReplyError):
+                raise StoreError(f"redis: {answer}")
 
     async def cache_lock(self, team: str, key: str, ttl_ms: int) -> bool:
         try:

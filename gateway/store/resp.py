@@ -1,0 +1,179 @@
+"""A small pipelined RESP client for the budget hot path (one script call per request).
+
+redis-py's asyncio client costs more CPU per command than the gateway spends on everything else
+in a request (a pooled connection checkout, a timeout context and its task lookups, command
+encoding through several layers). This client keeps one connection and writes every command at
+once; Redis answers in order, so each caller simply waits for its turn in a FIFO of futures, and
+many concurrent requests share a single socket without a pool. Replies are parsed by hiredis.
+
+Failure semantics match what the budget layer expects: any connection error, and any command
+that waits longer than ``timeout_s`` (checked by one watchdog, not a timer per call), closes the
+connection and fails every command in flight with ``StoreError``; the next command reconnects.
+Everything that is not on the hot path (admin, reports, keys) keeps using redis-py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+import time
+from collections import deque
+from typing import Any, cast
+
+import hiredis
+from redis.connection import parse_url
+
+from gateway.store.base import StoreError
+
+ReplyError = hiredis.ReplyError
+_WATCHDOG_S = 0.05
+
+
+def pack(args: tuple[Any, ...] | list[Any]) -> bytes:
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if isinstance(arg, bytes):
+            data = arg
+        elif isinstance(arg, str):
+            data = arg.encode()
+        elif isinstance(arg, int | float) and not isinstance(arg, bool):
+            data = repr(arg).encode()
+        else:
+            data = str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+class _Protocol(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.reader = hiredis.Reader()
+        self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
+
+    def data_received(self, data: bytes) -> None:
+        self.reader.feed(data)
+        while True:
+            reply = self.reader.gets()
+            if reply is False:
+                return
+            if not self.waiters:  # a reply nobody asked for: the stream is out of step
+                self.abort(StoreError("redis: unexpected reply"))
+                return
+            future, _ = self.waiters.popleft()
+            if not future.done():
+                future.set_result(reply)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(StoreError(f"redis: connection lost ({exc or 'closed'})"))
+
+    def fail(self, error: Exception) -> None:
+        self.closed = True
+        while self.waiters:
+            future, _ = self.waiters.popleft()
+            if not future.done():
+                future.set_exception(error)
+
+    def abort(self, error: Exception) -> None:
+        self.fail(error)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def send(self, payload: bytes, count: int) -> list[asyncio.Future[Any]]:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures = [loop.create_future() for _ in range(count)]
+        self.waiters.extend((f, now) for f in futures)
+        self.transport.write(payload)
+        return futures
+
+
+class RespClient:
+    def __init__(self, url: str, timeout_s: float) -> None:
+        opts: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
+        # rediss:// : TLS with the system's trust store (the same default as redis-py).
+        self._ssl = ssl.create_default_context() if url.startswith("rediss://") else None
+        self._path: str | None = opts.get("path")
+        self._host = opts.get("host", "localhost")
+        self._port = int(opts.get("port", 6379))
+        self._db = int(opts.get("db", 0) or 0)
+        self._username: str | None = opts.get("username")
+        self._password: str | None = opts.get("password")
+        self._timeout = timeout_s
+        self._proto: _Protocol | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+
+    async def _connection(self) -> _Protocol:
+        if self._proto is not None and not self._proto.closed:
+            return self._proto
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+        try:
+            return await asyncio.shield(self._connecting)
+        except (OSError, TimeoutError) as exc:
+            raise StoreError(f"redis: cannot connect ({exc})") from exc
+
+    async def _connect(self) -> _Protocol:
+        loop = asyncio.get_running_loop()
+        if self._path:
+            connect = loop.create_unix_connection(_Protocol, self._path)
+        else:
+            connect = loop.create_connection(_Protocol, self._host, self._port, ssl=self._ssl)
+        _, proto = await asyncio.wait_for(connect, self._timeout)
+        setup: list[tuple[Any, ...]] = []
+        if self._password:
+            setup.append(
+                ("AUTH", self._username, self._password) if self._username else ("AUTH", self._password)
+            )
+        if self._db:
+            setup.append(("SELECT", self._db))
+        if setup:
+            replies = await asyncio.wait_for(
+                asyncio.gather(*proto.send(b"".join(pack(c) for c in setup), len(setup))), self._timeout
+            )
+            for reply in replies:
+                if isinstance(reply, ReplyError):
+                    proto.abort(StoreError(f"redis: {reply}"))
+                    raise StoreError(f"redis: {reply}")
+        self._proto = proto
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = loop.create_task(self._watch(), name="redis-fast-watchdog")
+        return proto
+
+    async def _watch(self) -> None:
+        """One timer for every command: the oldest unanswered command bounds them all (FIFO)."""
+        while True:
+            await asyncio.sleep(_WATCHDOG_S)
+            proto = self._proto
+            if proto is None or proto.closed or not proto.waiters:
+                continue
+            if time.monotonic() - proto.waiters[0][1] > self._timeout:
+                proto.abort(StoreError(f"redis: no answer within {self._timeout}s"))
+
+    async def execute(self, *args: Any) -> Any:
+        proto = await self._connection()
+        (future,) = proto.send(pack(args), 1)
+        return await future
+
+    async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Many commands in one write; replies (or ReplyError values) in order."""
+        if not commands:
+            return []
+        proto = await self._connection()
+        futures = proto.send(b"".join(pack(c) for c in commands), len(commands))
+        return list(await asyncio.gather(*futures))
+
+    async def close(self) -> None:
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watchdog
+        if self._proto is not None and self._proto.transport is not None:
+            self._proto.transport.close()
+        self._proto = None
