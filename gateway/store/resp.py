@@ -32,16 +32,20 @@ _WATCHDOG_S = 0.05
 
 def pack(args: tuple[Any, ...] | list[Any]) -> bytes:
     out = [b"*%d\r\n" % len(args)]
+    append = out.append
     for arg in args:
-        if isinstance(arg, bytes):
+        kind = type(arg)
+        if kind is bytes:
             data = arg
-        elif isinstance(arg, str):
+        elif kind is str:
             data = arg.encode()
-        elif isinstance(arg, int | float) and not isinstance(arg, bool):
-            data = repr(arg).encode()
+        elif kind is int or kind is float:
+            data = b"%d" % arg if kind is int else repr(arg).encode()
         else:
             data = str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+        append(b"$%d\r\n" % len(data))
+        append(data)
+        append(b"\r\n")
     return b"".join(out)
 
 
@@ -51,6 +55,7 @@ class _Protocol(asyncio.Protocol):
         self.waiters: deque[tuple[asyncio.Future[Any], float]] = deque()
         self.transport: asyncio.Transport | None = None
         self.closed = False
+        self._out: list[bytes] = []  # commands of this loop iteration, written together
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
@@ -89,8 +94,17 @@ class _Protocol(asyncio.Protocol):
         now = time.monotonic()
         futures = [loop.create_future() for _ in range(count)]
         self.waiters.extend((f, now) for f in futures)
-        self.transport.write(payload)
+        # Concurrent requests issue their scripts in the same loop iteration: one write (one syscall)
+        # for all of them, at the end of the iteration.
+        if not self._out:
+            loop.call_soon(self._flush)
+        self._out.append(payload)
         return futures
+
+    def _flush(self) -> None:
+        if self._out and self.transport is not None and not self.closed:
+            self.transport.write(b"".join(self._out))
+        self._out.clear()
 
 
 class RespClient:
