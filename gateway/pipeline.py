@@ -493,6 +493,8 @@ class Pipeline:
         bound = self._prompt_bound(ctx)
         if bound <= model.context_window:
             return True
+        # The byte bound says it may not fit: only an exact count can tell (milliseconds for a very long
+        # prompt; the per-message cache makes resent histories cheap). Never send where it cannot fit.
         if not self._exact_is_strict([model]):
             return True  # cannot prove it overflows: let the provider decide (and fall back on its 400)
         return self._exact_prompt_tokens(ctx, model.deployments[0].upstream_model) <= model.context_window
@@ -637,7 +639,7 @@ class Pipeline:
             ctx.error = failure
             usage = relay.usage if relay.completed and relay.usage is not None else None
             if usage is None:
-                usage = self._estimate_usage(ctx, sent, "".join(relay.text), reported=relay.usage)
+                usage = self._estimate_usage(ctx, sent, relay.delivered_text(), reported=relay.usage)
             self._settle(ctx, sent, usage, status)
             if recorded is not None and status == 200 and relay.completed and cache is not None:
                 entry = CacheEntry(

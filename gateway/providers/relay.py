@@ -8,6 +8,7 @@ the gateway asked for is dropped for clients that did not ask for it themselves.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from gateway import jsonutil
@@ -66,6 +67,10 @@ class StreamRelay:
         self.finish_reason: str | None = None
         self._buffer = b""
 
+    def delivered_text(self) -> str:
+        """What the client received so far (content and tool arguments), for a cut stream's estimate."""
+        return "".join(self.text)
+
     def feed(self, chunk: bytes) -> bytes:
         events, self._buffer = parse_sse_events(self._buffer + chunk)
         if not events:
@@ -111,23 +116,38 @@ def _load(data: bytes) -> dict[str, Any]:
 
 
 class OpenAIToOpenAI(StreamRelay):
+    """Same format: chunks pass as they came. Only a chunk that can carry usage or an error is parsed;
+    the rest are kept raw and parsed only if the stream is cut and its text must be estimated."""
+
+    def __init__(self, client_wants_usage: bool, model: str) -> None:
+        super().__init__(client_wants_usage, model)
+        self._raw: list[bytes] = []
+
     def on_event(self, name: str | None, data: bytes) -> bytes:
         if data == b"[DONE]":
             self.completed = True
             return OPENAI_SSE_DONE
-        chunk = _load(data)
-        if chunk.get("error") is not None:
-            err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
-            raise UpstreamStreamError(
-                str(err.get("message", "upstream error")), str(err.get("type", "api_error"))
-            )
-        self._collect_openai(chunk)
-        usage = from_openai(chunk.get("usage"))
-        if usage is not None:
-            self.usage = usage
-            if not chunk.get("choices") and not self.client_wants_usage:
-                return b""  # the usage chunk the gateway asked for on its own behalf
+        if b'"usage":{' in data or b'"usage": {' in data or b'"error"' in data:
+            chunk = _load(data)
+            if chunk.get("error") is not None:
+                err = chunk["error"] if isinstance(chunk["error"], dict) else {"message": str(chunk["error"])}
+                raise UpstreamStreamError(
+                    str(err.get("message", "upstream error")), str(err.get("type", "api_error"))
+                )
+            usage = from_openai(chunk.get("usage"))
+            if usage is not None:
+                self.usage = usage
+                if not chunk.get("choices") and not self.client_wants_usage:
+                    return b""  # the usage chunk the gateway asked for on its own behalf
+        self._raw.append(data)
         return b"data: " + data + b"\n\n"
+
+    def delivered_text(self) -> str:
+        for data in self._raw:
+            with contextlib.suppress(UpstreamStreamError):
+                self._collect_openai(_load(data))
+        self._raw.clear()
+        return "".join(self.text)
 
 
 class AnthropicToAnthropic(StreamRelay):
