@@ -373,13 +373,10 @@ class BudgetManager:
         self._queue_record(team, record, cost_nano, tokens, scopes)
 
     async def settle(self, res: Reservation, cost_nano: int, tokens: int, record: dict[str, Any]) -> None:
-        """Off the response's critical path. Never loses a record: failures are queued and retried."""
-        if res.mode == "local":
-            self.guard.adjust(res.scopes, cost_nano - res.reserved_nano)
-            self._queue_record(res.team, record, cost_nano, tokens, res.scopes)
-            return
-        if res.mode == "none":
-            self._queue_record(res.team, record, cost_nano, tokens, [])
+        """Settle now, waiting for the store (``submit`` is the hot path's queued form). Never loses a
+        record: failures are queued and retried."""
+        if res.mode != "store":
+            self.submit(res, cost_nano, tokens, record)
             return
         settlement = Settlement(
             team=res.team,

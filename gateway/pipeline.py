@@ -417,22 +417,7 @@ class Pipeline:
     ) -> Ask:
         assert ctx.principal is not None
         timeout_ms = int(self.config.source.server.timeouts.total_s * 1000)
-        first = chain[0].deployments[0]
-        skeleton = ledger.intent(
-            request_id=ctx.request_id,
-            client_request_id=ctx.client_request_id,
-            ts_ms=ctx.started_ms,
-            team=ctx.principal.team.name,
-            key_id=ctx.principal.key_id,
-            tags=ctx.tags,
-            operation=ctx.operation,
-            inbound=ctx.inbound,
-            stream=ctx.stream,
-            requested_model=ctx.requested_model,
-            route=ctx.route,
-            planned_model=chain[0].name,
-            provider=first.provider.system,
-        )
+        skeleton = self._ask_intent(ctx, chain[0].name, chain[0].deployments[0].provider.system)
         return Ask(
             lease_id=ctx.request_id,
             prompt_tokens_bound=prompt_tokens,
@@ -547,7 +532,8 @@ class Pipeline:
         )
         self.budget.submit(res, res.reserved_nano, res.reserved_tokens, record)
 
-    def _ask_intent(self, ctx: RequestContext, planned: str) -> dict[str, Any]:
+    def _ask_intent(self, ctx: RequestContext, planned: str, provider: str = "") -> dict[str, Any]:
+        """The ledger record's first half: the reservation's write-ahead intent, completed at settle."""
         assert ctx.principal is not None
         return ledger.intent(
             request_id=ctx.request_id,
@@ -562,7 +548,7 @@ class Pipeline:
             requested_model=ctx.requested_model,
             route=ctx.route,
             planned_model=planned,
-            provider="",
+            provider=provider,
         )
 
     async def _finish_body(
