@@ -316,9 +316,11 @@ class BudgetManager:
             return
         used = 1 - max(0, result.remaining_nano) / team_scope.usd_limit_nano
         self.utilization[principal.team.name] = used
-        self._check_thresholds(principal, team_scope, used)
 
-    def _check_thresholds(self, principal: Principal, scope: ScopeLimit, used: float) -> None:
+    def check_thresholds(self, principal: Principal, scope: ScopeLimit, used: float) -> None:
+        """Soft thresholds on *spent* money (the gauges refresher calls this): reservations are upper
+        bounds, and one request without max_tokens can reserve most of what is left, which is no
+        reason to warn anyone."""
         spec = principal.team.budget
         if spec is None:
             return

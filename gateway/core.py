@@ -219,6 +219,8 @@ class Gateway:
                     )
                     m.budget_utilization.labels(team.name, scope.scope).set(used)
                     self.budget.utilization[team.name] = used
+                    if scope.usd_limit_nano:
+                        self.budget.check_thresholds(probe, scope, u.spent_nano / scope.usd_limit_nano)
                 m.budget_spent.labels(*labels).set(u.spent_nano / 1e9)
                 m.budget_reserved.labels(*labels).set(u.reserved_nano / 1e9)
                 if scope.token_limit >= 0:

@@ -365,7 +365,12 @@ class Pipeline:
 
     async def _downgrade(self, ctx: RequestContext, cfg: Config, chain: list[ModelSpec]) -> Reservation:
         assert ctx.principal is not None
+        # The team's action decides; a key-level `downgrade` applies when the team has none.
         spec = ctx.principal.team.budget
+        key_spec = ctx.principal.budget
+        team_downgrades = spec is not None and spec.action == "downgrade"
+        if not team_downgrades and key_spec is not None and key_spec.action == "downgrade":
+            spec = key_spec
         if (
             spec is None
             or spec.action != "downgrade"

@@ -199,15 +199,19 @@ async def test_flexible_ask_gets_what_the_budget_pays_for(store: FlakyStore, met
     assert (res.out_tokens, res.reserved_nano, res.remaining_nano) == (450, 1_000_000, 0)
 
 
-async def test_soft_thresholds_are_counted_once(store: FlakyStore, metrics: Metrics) -> None:
+async def test_soft_thresholds_are_counted_once_on_spent_money(store: FlakyStore, metrics: Metrics) -> None:
     mgr = BudgetManager(store, metrics)
     p = principal(budget(10_000_000, thresholds=(0.2, 0.5)))
-    await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)  # 21 %
-    await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)  # 42 %
     labels = {"team": "acme", "scope": "team:acme"}
+    res = await mgr.reserve(p, ask(prompt=100, out=4_000), now=NOW)  # 81 % reserved: no warning yet
+    assert sample(metrics, "llm_gateway_budget_threshold_crossings_total", **labels, threshold="0.2") == 0
+    (scope,) = [s for s in res.scopes if s.scope == "team:acme"]
+    mgr.check_thresholds(p, scope, 0.21)  # what the gauges refresher passes: spent / limit
+    mgr.check_thresholds(p, scope, 0.42)
     assert sample(metrics, "llm_gateway_budget_threshold_crossings_total", **labels, threshold="0.2") == 1
     assert sample(metrics, "llm_gateway_budget_threshold_crossings_total", **labels, threshold="0.5") == 0
-    await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)  # 63 %
+    mgr.check_thresholds(p, scope, 0.63)
+    mgr.check_thresholds(p, scope, 0.70)
     assert sample(metrics, "llm_gateway_budget_threshold_crossings_total", **labels, threshold="0.5") == 1
 
 
