@@ -36,6 +36,7 @@ from gateway.policy.engine import Decision, Facts
 from gateway.providers.base import Timeouts, forwarded_headers
 from gateway.providers.relay import StreamRelay, convert_body, error_event, stream_relay
 from gateway.providers.translate import UpstreamStreamError
+from gateway.request_body import body_texts, choices, client_max_tokens, has_images, last_user_text
 from gateway.store.base import CacheProbe
 from gateway.tagging import extract as extract_tags
 from gateway.tasks import TaskGroup
@@ -129,7 +130,7 @@ class Pipeline:
         cfg = self.config  # one snapshot per request: a reload never changes a request midway
         ctx.principal = await self.auth.authenticate(ctx.api_key)
         chain = self._admit_and_route(ctx, cfg)
-        decision = self._cache_decision(ctx, cfg, chain[0])
+        decision = self._cache_decision(ctx)
         try:  # the lookup may make this request the leader of its key: every exit must end that
             probe = None
             if decision is not None:
@@ -207,9 +208,9 @@ class Pipeline:
             model=ctx.requested_model,
             operation=ctx.operation,
             tags=ctx.tags,
-            max_tokens=_client_max_tokens(body, ctx.inbound),
+            max_tokens=client_max_tokens(body, ctx.inbound),
             has_tools=bool(body.get("tools")),
-            has_images=_has_images(body),
+            has_images=has_images(body),
             has_response_format=body.get("response_format") is not None,
             stream=ctx.stream,
             budget_used=self.budget.utilization.get(ctx.principal.team.name, 0.0),
@@ -217,7 +218,7 @@ class Pipeline:
             prompt_tokens_fn=lambda: self._exact_prompt_tokens(
                 ctx, model.deployments[0].upstream_model if model else ctx.requested_model
             ),
-            prompt_text_fn=lambda: _last_user_text(body),
+            prompt_text_fn=lambda: last_user_text(body),
         )
 
     # ------------------------------------------------------------------ tokens
@@ -252,7 +253,7 @@ class Pipeline:
 
     # ------------------------------------------------------------------ cache
 
-    def _cache_decision(self, ctx: RequestContext, cfg: Config, model: ModelSpec) -> CacheDecision | None:
+    def _cache_decision(self, ctx: RequestContext) -> CacheDecision | None:
         assert ctx.principal is not None and ctx.decision is not None
         decision = decide(ctx.principal.team.cache, ctx.decision.cache, ctx.body, ctx.operation, ctx.headers)
         if not decision.read and not decision.write:
@@ -357,7 +358,7 @@ class Pipeline:
 
     def _capped_max_tokens(self, ctx: RequestContext) -> int | None:
         """The client's max_tokens, lowered to a routing rule's cap (every attempt honours the cap)."""
-        client_max = _client_max_tokens(ctx.body, ctx.inbound)
+        client_max = client_max_tokens(ctx.body, ctx.inbound)
         cap = ctx.decision.max_tokens_cap if ctx.decision else None
         if cap is not None:
             client_max = min(client_max, cap) if client_max is not None else cap
@@ -410,12 +411,12 @@ class Pipeline:
         if ctx.operation == "embeddings":
             return 0, False
         model_max = max(m.max_output_tokens for m in chain)
-        choices = _choices(ctx.body, ctx.inbound)
+        n = choices(ctx.body, ctx.inbound)
         if client_max is not None:
-            return min(client_max, model_max) * choices, False
+            return min(client_max, model_max) * n, False
         if ctx.operation == "text_completion":
-            return 16 * choices, False  # the API's documented default
-        return model_max * choices, True
+            return 16 * n, False  # the API's documented default
+        return model_max * n, True
 
     def _ask(
         self, ctx: RequestContext, chain: list[ModelSpec], prompt_tokens: int, out_max: int, flexible: bool
@@ -431,7 +432,7 @@ class Pipeline:
             rates=max_rates(chain),
             intent=skeleton,
             lease_ttl_ms=timeout_ms + int(self.config.source.store.lease_grace_s * 1000),
-            choices=_choices(ctx.body, ctx.inbound),
+            choices=choices(ctx.body, ctx.inbound),
         )
 
     # ------------------------------------------------------------------ upstream
@@ -443,8 +444,8 @@ class Pipeline:
         assert res is not None and ctx.principal is not None
         t = cfg.source.server.timeouts
         timeouts = Timeouts(connect_s=t.connect_s, first_byte_s=t.first_byte_s, idle_s=t.idle_s)
-        out_cap = res.out_tokens // _choices(ctx.body, ctx.inbound)  # per choice
-        body_cap = _client_max_tokens(ctx.body, ctx.inbound)
+        out_cap = res.out_tokens // choices(ctx.body, ctx.inbound)  # per choice
+        body_cap = client_max_tokens(ctx.body, ctx.inbound)
         inject = ctx.operation != "embeddings" and (body_cap is None or out_cap < body_cap)
 
         def body_for(model: ModelSpec, deployment: DeploymentSpec) -> dict[str, Any]:
@@ -467,7 +468,7 @@ class Pipeline:
                 retry=cfg.source.routing.retry,
                 timeouts=timeouts,
                 deadline=time.monotonic() + t.total_s,
-                fits=lambda model: self._fits(ctx, model, chain),
+                fits=lambda model: self._fits(ctx, model),
                 client_headers=ctx.headers,
                 request_id=ctx.request_id,
             )
@@ -479,7 +480,7 @@ class Pipeline:
             return self._relay(ctx, sent, upstream_started, cache)
         return await self._finish_body(ctx, sent, upstream_started, cache)
 
-    def _fits(self, ctx: RequestContext, model: ModelSpec, chain: list[ModelSpec]) -> bool:
+    def _fits(self, ctx: RequestContext, model: ModelSpec) -> bool:
         bound = self._prompt_bound(ctx)
         if bound <= model.context_window:
             return True
@@ -567,7 +568,7 @@ class Pipeline:
             raise
         ctx.upstream_s = time.perf_counter() - upstream_started
         if usage is None:
-            usage = self._estimate_usage(ctx, sent, "".join(_body_texts(parsed)))
+            usage = self._estimate_usage(ctx, sent, "".join(body_texts(parsed)))
         self._settle(ctx, sent, usage, 200)
         if cache is not None and cache.write:
             entry = CacheEntry(
@@ -795,68 +796,6 @@ def _failure_status(exc: BaseException) -> int:
 
 def _wire(inbound: str) -> Literal["openai", "anthropic"]:
     return "anthropic" if inbound == "anthropic" else "openai"
-
-
-def _choices(body: dict[str, Any], inbound: str) -> int:
-    """How many completions one request produces (``n``, and ``best_of`` for text completions)."""
-    if inbound != "openai":
-        return 1
-    count = 1
-    for name in ("n", "best_of"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value > count:
-            count = value
-    return count
-
-
-def _client_max_tokens(body: dict[str, Any], inbound: str) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-def _has_images(body: dict[str, Any]) -> bool:
-    for message in body.get("messages") or ():
-        content = message.get("content") if isinstance(message, dict) else None
-        if isinstance(content, list):
-            for part in content:
-                if isinstance(part, dict) and part.get("type") in ("image_url", "image", "input_image"):
-                    return True
-    return False
-
-
-def _last_user_text(body: dict[str, Any]) -> str:
-    for message in reversed(body.get("messages") or ()):
-        if isinstance(message, dict) and message.get("role") == "user":
-            content = message.get("content")
-            if isinstance(content, str):
-                return content
-            if isinstance(content, list):
-                return " ".join(
-                    p.get("text", "")
-                    for p in content
-                    if isinstance(p, dict) and isinstance(p.get("text"), str)
-                )
-    prompt = body.get("prompt")
-    return prompt if isinstance(prompt, str) else ""
-
-
-def _body_texts(parsed: dict[str, Any]) -> list[str]:
-    texts: list[str] = []
-    for choice in parsed.get("choices") or ():
-        if isinstance(choice, dict):
-            message = choice.get("message") or {}
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, str):
-                texts.append(content)
-            if isinstance(choice.get("text"), str):
-                texts.append(choice["text"])
-    for block in parsed.get("content") or ():
-        if isinstance(block, dict) and isinstance(block.get("text"), str):
-            texts.append(block["text"])
-    return texts
 
 
 def _remember(recorded: list[bytes] | None, out: bytes) -> None:
