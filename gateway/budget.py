@@ -40,6 +40,7 @@ from gateway.store.base import (
     Settlement,
     Store,
     StoreError,
+    StoreUncertain,
 )
 
 log = logging.getLogger("gateway.budget")
@@ -137,6 +138,7 @@ class BudgetManager:
         self._crossed: dict[str, float] = {}
         self._reconciler: asyncio.Task[None] | None = None
         self._spilled: list[Path] = []
+        self.spill_dir: Path | None = None  # where the queue goes if it cannot be written (set by core)
         # Scopes and limits per principal for the current minute: period ids only change on minute
         # boundaries (UTC midnight), so this is exact, and spares a calendar computation per request.
         self._limits: dict[int, tuple[Principal, int, list[ScopeLimit], list[RateLimit]]] = {}
@@ -198,7 +200,7 @@ class BudgetManager:
                 admission = await self.store.admit(principal.team.name, None, probe)
             except StoreError:
                 self.metrics.cache_errors.labels("admit").inc()
-                probe.locked = False
+                probe.locked, probe.lock_ms = False, 0  # the cache failed open: no lock, no wait
                 return None, none
             return admission.entry, (None if admission.entry is not None else none)
         req = ReserveRequest(
@@ -222,7 +224,7 @@ class BudgetManager:
             self.metrics.store_errors.labels("reserve").inc()
             if probe is not None:
                 self.metrics.cache_errors.labels("admit").inc()
-                probe.locked = False
+                probe.locked, probe.lock_ms = False, 0  # the cache failed open: no lock, no wait
             return None, self._fail_open(principal, req, exc)
         if admission.entry is not None:
             return admission.entry, None
@@ -245,6 +247,21 @@ class BudgetManager:
 
     def _fail_open(self, principal: Principal, req: ReserveRequest, exc: Exception) -> Reservation:
         if principal.team.on_store_error != "fail_open":
+            if isinstance(exc, StoreUncertain):
+                # The script may have run: release its lease at $0 once the store answers again, or it
+                # would expire into spend for a request that was refused.
+                record = {**req.intent, "status": 503, "cost_nano": 0, "estimated": False}
+                self.pending_settles.append(
+                    Settlement(
+                        team=req.team,
+                        lease_id=req.lease_id,
+                        cost_nano=0,
+                        tokens=0,
+                        record=record,
+                        now_ms=req.now_ms,
+                    )
+                )
+                self._ensure_reconciler()
             raise StoreUnavailable(
                 "the budget store is unavailable and this team fails closed; retry shortly",
                 headers={"Retry-After": "1"},
@@ -438,6 +455,12 @@ class BudgetManager:
                 self.metrics.ledger_pending.labels().set(len(self.pending) + len(self.pending_settles))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+            except Exception:  # a bug or a malformed record: keep the queue on disk, never drop it
+                log.exception("writing settlements failed; the queue is spilled for the next start")
+                if self.spill_dir is None:
+                    await asyncio.sleep(2.0)
+                    continue
+                self.spill(self.spill_dir)
         self.metrics.ledger_pending.labels().set(0)
 
     async def flush_once(self) -> None:
@@ -473,8 +496,9 @@ class BudgetManager:
         while (self.pending or self.pending_settles) and time.monotonic() < deadline:
             try:
                 await asyncio.wait_for(self.flush_once(), max(0.01, deadline - time.monotonic()))
-            except (StoreError, TimeoutError):
+            except Exception:  # the store is down (or worse): what is left is spilled below
                 break
+        spill_dir = spill_dir or self.spill_dir
         if not (self.pending or self.pending_settles):
             self._forget_spills()
         elif spill_dir is not None:

@@ -69,6 +69,7 @@ class Gateway:
         self.access_log = AccessLog()
         self.auth = Authenticator(self.store, lambda: self.config)
         self.budget = BudgetManager(self.store, self.metrics, config.source.store.expected_replicas)
+        self.budget.spill_dir = self.spill_dir
         self.cache = ResponseCache(self.store, config.source.cache, self.metrics)
         self.client = UpstreamClient()
         adapters: dict[str, Adapter] = {

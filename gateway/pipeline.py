@@ -36,7 +36,14 @@ from gateway.policy.engine import Decision, Facts
 from gateway.providers.base import Timeouts, forwarded_headers
 from gateway.providers.relay import StreamRelay, convert_body, error_event, stream_relay
 from gateway.providers.translate import UpstreamStreamError
-from gateway.request_body import body_texts, choices, client_max_tokens, has_images, last_user_text
+from gateway.request_body import (
+    body_texts,
+    choices,
+    client_max_tokens,
+    has_images,
+    last_user_text,
+    output_cap_fields,
+)
 from gateway.store.base import CacheProbe
 from gateway.tagging import extract as extract_tags
 from gateway.tasks import TaskGroup
@@ -72,6 +79,9 @@ class RequestContext:
     status: int = 200
     error: str = ""
     prompt_bound: int = 0
+    forwarded: bool = False
+    cache_key: str = ""  # the lookup's key, for cache_model; a fallback's answer gets its own
+    cache_model: str = ""
     cache_vary: dict[str, str] | None = None  # forwarded client headers: part of the cache key
     cache_lead: tuple[str, str] | None = None  # (namespace, key) this request leads for its peers
 
@@ -144,14 +154,16 @@ class Pipeline:
                 if entry is not None:
                     return self._serve_hit(ctx, entry, chain[0])
                 await self._reserve(ctx, cfg, chain, None)  # an unreadable entry is a miss
-            elif decision is not None and probe is not None and probe.read and not probe.locked:
+            elif decision is not None and probe is not None and probe.lock_ms > 0 and not probe.locked:
                 # Another replica is filling this entry: wait (bounded) for it rather than pay twice.
                 entry = await self.cache.wait_for_entry(decision.namespace, probe.key)
                 if entry is not None:
                     return self._serve_hit(ctx, entry, chain[0])
             result = await self._forward(ctx, cfg, chain, decision)
-        except BaseException:
+        except BaseException as exc:
             self._end_lead(ctx)
+            if ctx.reservation is not None and not ctx.forwarded:  # nothing reached a provider: $0
+                self._release(ctx, time.perf_counter(), _failure_status(exc), upstream=False)
             raise
         if isinstance(result, Reply):
             self._end_lead(ctx)  # a stream ends its lead when it finishes
@@ -268,7 +280,7 @@ class Pipeline:
         first one leads, and its store probe travels with its reservation (one round trip)."""
         ctx.cache_vary = forwarded_headers(model.deployments[0].provider, ctx.headers)
         key = cache_key(decision.namespace, ctx.inbound, ctx.operation, model.name, ctx.body, ctx.cache_vary)
-        ctx.cache = "miss"
+        ctx.cache, ctx.cache_key, ctx.cache_model = "miss", key, model.name
         if decision.read:
             leader = self.cache.follower_of(key)
             if leader is not None:
@@ -323,14 +335,13 @@ class Pipeline:
         ask = self._ask(ctx, chain, bound, out_max, flexible)
         try:
             entry, ctx.reservation = await self.budget.admit(ctx.principal, ask, probe, final=False)
-            if probe is not None and probe.locked:
-                self.cache.owns(probe.key)
             return entry
         except BudgetExceeded:
-            if probe is not None and probe.locked:
-                self.cache.owns(probe.key)  # released by the lead's end
             ctx.reservation = await self._reserve_again(ctx, cfg, chain, bound, out_max, flexible)
             return None
+        finally:  # whatever the budget said (rate limits included), a lock this request took is its own
+            if probe is not None and probe.locked:
+                self.cache.owns(probe.key)
 
     async def _reserve_again(
         self,
@@ -442,6 +453,7 @@ class Pipeline:
     ) -> Reply | StreamReply:
         res = ctx.reservation
         assert res is not None and ctx.principal is not None
+        ctx.forwarded = True  # from here on, _forward settles the reservation on every path
         t = cfg.source.server.timeouts
         timeouts = Timeouts(connect_s=t.connect_s, first_byte_s=t.first_byte_s, idle_s=t.idle_s)
         out_cap = res.out_tokens // choices(ctx.body, ctx.inbound)  # per choice
@@ -453,8 +465,8 @@ class Pipeline:
                 return ctx.body
             body = dict(ctx.body)
             cap = min(out_cap, deployment.max_output_tokens)
-            field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-            body[field_name] = cap
+            for field_name in output_cap_fields(body, ctx.inbound):
+                body[field_name] = cap
             return body
 
         upstream_started = time.perf_counter()
@@ -490,7 +502,9 @@ class Pipeline:
             return True  # cannot prove it overflows: let the provider decide (and fall back on its 400)
         return self._exact_prompt_tokens(ctx, model.deployments[0].upstream_model) <= model.context_window
 
-    def _release(self, ctx: RequestContext, upstream_started: float, status: int) -> None:
+    def _release(
+        self, ctx: RequestContext, upstream_started: float, status: int, upstream: bool = True
+    ) -> None:
         """No upstream answer: the reservation is released at $0 (nothing was served).
 
         ``status`` is what the client is answered, so the ledger's error counts match what callers saw.
@@ -498,7 +512,7 @@ class Pipeline:
         well bill the request, so it is charged its full reservation and marked estimated.
         """
         assert ctx.principal is not None and ctx.reservation is not None
-        if status == 499:
+        if status == 499 and upstream:
             self._charge_reservation(ctx, upstream_started)
             return
         ctx.upstream_s = time.perf_counter() - upstream_started
@@ -619,7 +633,7 @@ class Pipeline:
         except UpstreamStreamError as exc:
             status, failure = 502, exc.message
             yield error_event(ctx.inbound, exc.message, exc.type)
-        except GeneratorExit:
+        except (GeneratorExit, asyncio.CancelledError):
             status, failure = 499, "client disconnected"  # the edge stopped iterating
             raise
         except Exception as exc:
@@ -731,7 +745,11 @@ class Pipeline:
     def _cache_write(self, ctx: RequestContext, cache: CacheDecision, model: str, entry: CacheEntry) -> None:
         """Store under the model that actually answered (a fallback never fills the primary's slot).
         The write is queued and batched; the fill lock is released in the same batch, after it."""
-        key = cache_key(cache.namespace, ctx.inbound, ctx.operation, model, ctx.body, ctx.cache_vary)
+        key = (
+            ctx.cache_key
+            if ctx.cache_key and model == ctx.cache_model
+            else cache_key(cache.namespace, ctx.inbound, ctx.operation, model, ctx.body, ctx.cache_vary)
+        )
         self.cache.finish(key, entry)
         lead, ctx.cache_lead = ctx.cache_lead, None
         if lead is not None and lead[1] != key:

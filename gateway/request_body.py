@@ -18,12 +18,20 @@ def choices(body: dict[str, Any], inbound: str) -> int:
 
 
 def client_max_tokens(body: dict[str, Any], inbound: str) -> int | None:
-    """The client's output cap (``max_completion_tokens`` wins, as OpenAI documents)."""
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
+    """The client's output cap, as the upstream will read it. Anthropic has only ``max_tokens``; an
+    OpenAI body may carry both fields, and then the larger one bounds the reservation (a translation or
+    a provider might honour either), and both are rewritten when the gateway injects a cap."""
+    names = ("max_tokens",) if inbound == "anthropic" else ("max_completion_tokens", "max_tokens")
+    found = [v for v in (body.get(n) for n in names) if isinstance(v, int) and not isinstance(v, bool)]
+    return max(found) if found else None
+
+
+def output_cap_fields(body: dict[str, Any], inbound: str) -> tuple[str, ...]:
+    """Where an injected output cap goes: every cap field the client used (or ``max_tokens``)."""
+    if inbound == "anthropic":
+        return ("max_tokens",)
+    present = tuple(n for n in ("max_completion_tokens", "max_tokens") if n in body)
+    return present or ("max_tokens",)
 
 
 def has_images(body: dict[str, Any]) -> bool:

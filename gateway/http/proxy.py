@@ -193,7 +193,12 @@ async def _write_stream(
     response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
     chunks = result.chunks
     try:
+        # Start the stream before the headers go out: a generator closed before its first step skips
+        # its ``finally``, which is where the upstream is closed and the request settled.
+        first = await anext(chunks, b"")
         await response.prepare(request)
+        if first:
+            await response.write(first)
         async for chunk in chunks:
             await response.write(chunk)
     except (ConnectionResetError, asyncio.CancelledError):

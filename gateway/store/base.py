@@ -89,7 +89,7 @@ class CacheProbe:
     key: str
     read: bool
     lock_ms: int  # 0: take no lock
-    locked: bool = False  # set by ``admit``: this request holds the fill lock (and must release it)
+    locked: bool = False  # set by ``admit``: this request took the fill lock (and must release it)
 
 
 @dataclass(slots=True)
@@ -147,6 +147,10 @@ Charge = tuple[str, dict[str, Any], int, int, list[ScopeLimit]]
 
 class StoreError(Exception):
     """The backing store could not answer (connection, timeout). Never raised for a denial."""
+
+
+class StoreUncertain(StoreError):
+    """The command was sent but no answer came: it may have run (a reservation may exist)."""
 
 
 class Store(Protocol):

@@ -198,6 +198,12 @@ class BudgetBook:
         if request_id in self.seen:
             return False
         self.seen.add(request_id)
+        lease = self.leases.pop(request_id, None)
+        if lease is not None:  # its reservation timed out on the gateway's side: release, then charge
+            for counter in lease.counters:
+                u = self._usage(counter)
+                u.reserved_nano -= lease.cost_nano
+                u.reserved_tokens -= lease.tokens
         for scope in scopes:
             u = self._usage(scope.counter)
             u.spent_nano += cost_nano

@@ -266,7 +266,7 @@ class MemoryStore:
                 entry = await self.cache_get(probe.slot, probe.key)
                 if entry is not None:
                     return Admission(entry=entry)
-            probe.locked = probe.lock_ms <= 0 or await self.cache_lock(probe.slot, probe.key, probe.lock_ms)
+            probe.locked = probe.lock_ms > 0 and await self.cache_lock(probe.slot, probe.key, probe.lock_ms)
         return Admission(result=await self.reserve(req) if req is not None else None)
 
     async def settle(self, settlement: Settlement) -> bool:

@@ -179,7 +179,7 @@ class RedisStore:
                 entry = await self.cache_get(probe.slot, probe.key)
                 if entry is not None:
                     return Admission(entry=entry)
-            probe.locked = probe.lock_ms <= 0 or await self.cache_lock(probe.slot, probe.key, probe.lock_ms)
+            probe.locked = probe.lock_ms > 0 and await self.cache_lock(probe.slot, probe.key, probe.lock_ms)
             return Admission(result=await self.reserve(req) if req is not None else None)
         keys, args = (
             self._reserve_call(req) if req is not None else ([*self._team_keys(team), _k(team, "rate:0")], [])
@@ -298,6 +298,8 @@ class RedisStore:
             _k(team, f"seen:{ledger_day(ts)}"),
             _k(team, "ledger"),
             _k(team, f"roll:{hour_bucket(ts)}"),
+            _k(team, "lease_exp"),
+            _k(team, "leases"),
         ]
         args: list[Any] = [
             record["request_id"],
@@ -378,15 +380,20 @@ class RedisStore:
 
     async def cache_set_many(self, writes: list[CacheWrite]) -> None:
         """Many cache writes (and lock releases) in one round trip."""
-        commands: list[tuple[Any, ...]] = []
-        for slot, key, value, ttl_s, unlock in writes:
-            if value:  # empty: only release the lock
-                commands.append(("SET", _k(slot, f"c:{key}"), value, "EX", ttl_s))
-            if unlock:
-                commands.append(("DEL", _k(slot, f"cl:{key}")))
-        for answer in await self.fast.execute_many(commands):
-            if isinstance(answer, ReplyError):
-                raise StoreError(f"redis: {answer}")
+        # Through redis-py's pool, not the budget scripts' connection: a multi-megabyte entry must never
+        # queue the reservations of other requests behind it.
+        if not writes:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for slot, key, value, ttl_s, unlock in writes:
+                if value:  # empty: only release the lock
+                    _ = pipe.set(_k(slot, f"c:{key}"), value, ex=ttl_s)
+                if unlock:
+                    _ = pipe.delete(_k(slot, f"cl:{key}"))
+            await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreError(f"redis: {exc}") from exc
 
     async def cache_lock(self, team: str, key: str, ttl_ms: int) -> bool:
         try:

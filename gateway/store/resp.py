@@ -24,7 +24,7 @@ from typing import Any, cast
 import hiredis
 from redis.connection import parse_url
 
-from gateway.store.base import StoreError
+from gateway.store.base import StoreError, StoreUncertain
 
 ReplyError = hiredis.ReplyError
 _WATCHDOG_S = 0.05
@@ -74,7 +74,7 @@ class _Protocol(asyncio.Protocol):
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.fail(StoreError(f"redis: connection lost ({exc or 'closed'})"))
+        self.fail(StoreUncertain(f"redis: connection lost ({exc or 'closed'})"))
 
     def fail(self, error: Exception) -> None:
         self.closed = True
@@ -89,7 +89,8 @@ class _Protocol(asyncio.Protocol):
             self.transport.abort()
 
     def send(self, payload: bytes, count: int) -> list[asyncio.Future[Any]]:
-        assert self.transport is not None
+        if self.closed or self.transport is None:  # closed between the caller's check and now
+            raise StoreError("redis: connection closed")
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         futures = [loop.create_future() for _ in range(count)]
@@ -129,9 +130,12 @@ class RespClient:
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._connect())
         try:
-            return await asyncio.shield(self._connecting)
+            proto = await asyncio.shield(self._connecting)
         except (OSError, TimeoutError) as exc:
             raise StoreError(f"redis: cannot connect ({exc})") from exc
+        if proto.closed:  # the server closed it straight away (maxclients, protected mode)
+            raise StoreError("redis: the server closed the connection")
+        return proto
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
@@ -148,9 +152,13 @@ class RespClient:
         if self._db:
             setup.append(("SELECT", self._db))
         if setup:
-            replies = await asyncio.wait_for(
-                asyncio.gather(*proto.send(b"".join(pack(c) for c in setup), len(setup))), self._timeout
-            )
+            try:
+                replies = await asyncio.wait_for(
+                    asyncio.gather(*proto.send(b"".join(pack(c) for c in setup), len(setup))), self._timeout
+                )
+            except BaseException:
+                proto.abort(StoreError("redis: connection setup failed"))  # never leak the socket
+                raise
             for reply in replies:
                 if isinstance(reply, ReplyError):
                     proto.abort(StoreError(f"redis: {reply}"))
@@ -168,7 +176,7 @@ class RespClient:
             if proto is None or proto.closed or not proto.waiters:
                 continue
             if time.monotonic() - proto.waiters[0][1] > self._timeout:
-                proto.abort(StoreError(f"redis: no answer within {self._timeout}s"))
+                proto.abort(StoreUncertain(f"redis: no answer within {self._timeout}s"))
 
     async def execute(self, *args: Any) -> Any:
         proto = await self._connection()

@@ -424,3 +424,20 @@ async def test_keys_create_list_revoke(store: Store, team: str) -> None:
     assert not await store.revoke_key(f"{team}-unknown")  # unknown, but still recorded as revoked
     version3, revoked = await store.revocations()
     assert version3 == version + 2 and f"{team}-unknown" in revoked
+
+
+async def test_a_record_releases_the_lease_of_the_same_request(store: Store, team: str) -> None:
+    """A reservation whose answer never reached the gateway (a timeout) leaves a lease; the fail-open
+    charge recorded later under the same request id releases it, so it is never charged twice."""
+    sc = scopes(team, team_usd=10_000_000)
+    t0 = now_ms()
+    lease = await reserve(
+        store, team, "req-uncertain", sc, at=t0, fixed_nano=1_000, price=1_000_000, out_max=100
+    )
+    assert lease.ok
+    record = {"request_id": "req-uncertain", "ts_ms": t0, "team": team, "usage": {}, "tags": {}}
+    assert await store.record(team, record, 5_000, 50, sc)
+    usage = (await store.scope_usage(team, sc))[sc[0].counter]
+    assert (usage.spent_nano, usage.reserved_nano, usage.reserved_tokens) == (5_000, 0, 0)
+    assert await store.expire_leases(team, t0 + 10 * TTL_MS) == 0  # nothing left to expire
+    assert (await store.scope_usage(team, sc))[sc[0].counter].spent_nano == 5_000

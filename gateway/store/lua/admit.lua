@@ -1,15 +1,13 @@
 -- One round trip before the upstream call: the response cache, its fill lock and the budget reservation.
 -- KEYS: 1-5 as reserve.lua, 6 the cache entry, 7 its fill lock (all under the team's hash tag)
 -- ARGV: 1 read the cache (1|0), 2 lock TTL ms (0: take no lock), 3 reserve (1|0), then reserve.lua's ARGV
--- Returns {'hit', entry} (nothing reserved) or {'miss', locked (1|0), reserve.lua's result...}
+-- Returns {'hit', entry} (nothing reserved) or {'miss', locked (1: this request took the lock), reserve result...}
 if ARGV[1] == '1' then
   local entry = redis.call('GET', KEYS[6])
   if entry then return {'hit', entry} end
 end
-local locked = 1
-if tonumber(ARGV[2]) > 0 then
-  if redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[2]) then locked = 1 else locked = 0 end
-end
+local locked = 0
+if tonumber(ARGV[2]) > 0 and redis.call('SET', KEYS[7], '1', 'NX', 'PX', ARGV[2]) then locked = 1 end
 local out = {'miss', locked}
 if ARGV[3] == '1' then
   local A = {}
