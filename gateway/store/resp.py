@@ -95,8 +95,11 @@ class _Protocol(asyncio.Protocol):
         now = time.monotonic()
         futures = [loop.create_future() for _ in range(count)]
         self.waiters.extend((f, now) for f in futures)
-        # Concurrent requests issue their scripts in the same loop iteration: one write (one syscall)
-        # for all of them, at the end of the iteration.
+        if len(self.waiters) == count and not self._out:
+            self.transport.write(payload)  # nothing else in flight: no one to batch with, send now
+            return futures
+        # Under load, concurrent requests issue their scripts in the same loop iteration: one write
+        # (one syscall) for all of them, at the end of the iteration.
         if not self._out:
             loop.call_soon(self._flush)
         self._out.append(payload)
