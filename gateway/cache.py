@@ -124,7 +124,7 @@ class ResponseCache:
 
     def probe(self, namespace: str, key: str, read: bool) -> CacheProbe:
         lock_ms = self.cfg.lock_wait_ms * 2 if read and self.cfg.lock_wait_ms > 0 else 0
-        return CacheProbe(slot=self.slot(namespace), key=key, read=read, lock_ms=lock_ms)
+        return CacheProbe(slot=self.slot(namespace), key=key, read=read, lock_ms=lock_ms, namespace=namespace)
 
     def owns(self, key: str) -> None:
         """This process took the key's fill lock (through an admission): it may release it."""

@@ -342,6 +342,8 @@ class Pipeline:
         finally:  # whatever the budget said (rate limits included), a lock this request took is its own
             if probe is not None and probe.locked:
                 self.cache.owns(probe.key)
+                if ctx.cache_lead is None:  # a follower whose leader gave up: it leads now, and releases
+                    ctx.cache_lead = (probe.namespace, probe.key)
 
     async def _reserve_again(
         self,

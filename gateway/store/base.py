@@ -90,6 +90,7 @@ class CacheProbe:
     read: bool
     lock_ms: int  # 0: take no lock
     locked: bool = False  # set by ``admit``: this request took the fill lock (and must release it)
+    namespace: str = ""  # the cache namespace the slot belongs to (for releasing the lock)
 
 
 @dataclass(slots=True)

@@ -126,8 +126,11 @@ class RespClient:
         self._proto: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
         self._watchdog: asyncio.Task[None] | None = None
+        self._closed = False
 
     async def _connection(self) -> _Protocol:
+        if self._closed:
+            raise StoreError("redis: client closed")
         if self._proto is not None and not self._proto.closed:
             return self._proto
         if self._connecting is None or self._connecting.done():
@@ -195,6 +198,11 @@ class RespClient:
         return list(await asyncio.gather(*futures))
 
     async def close(self) -> None:
+        self._closed = True
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await self._connecting
         if self._watchdog is not None:
             self._watchdog.cancel()
             with contextlib.suppress(asyncio.CancelledError):
