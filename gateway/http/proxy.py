@@ -219,6 +219,8 @@ def _access_log(
         return
     extra: dict[str, Any] = {"request_id": request_id, "status": status, "wire": wire}
     if ctx is not None:
+        if ctx.request_id != request_id:  # the caller sent its own id: keep the ledger's too
+            extra["gateway_request_id"] = ctx.request_id
         extra.update(
             team=ctx.principal.team.name if ctx.principal else None,
             key_id=ctx.principal.key_id if ctx.principal else None,
