@@ -190,44 +190,45 @@ class BudgetManager:
             -ask.prompt_tokens_bound * max(rates.input, rates.cached_input, rates.cache_write) // 1000
         )
         out_price = max(rates.output, rates.reasoning)
-        if not scopes and not limits:
-            none = Reservation(
-                ask.lease_id, principal.team.name, [], ask.out_tokens_max, 0, 0, UNLIMITED, "none"
+        # No budget and no rate limit: nothing to reserve (the request is still metered and ledgered).
+        unmetered = Reservation(
+            ask.lease_id, principal.team.name, [], ask.out_tokens_max, 0, 0, UNLIMITED, "none"
+        )
+        if not scopes and not limits and probe is None:
+            return None, unmetered
+        req = (
+            None
+            if not scopes and not limits
+            else ReserveRequest(
+                team=principal.team.name,
+                lease_id=ask.lease_id,
+                now_ms=int(now.timestamp() * 1000),
+                lease_ttl_ms=ask.lease_ttl_ms,
+                scopes=scopes,
+                fixed_nano=fixed_nano,
+                fixed_tokens=ask.prompt_tokens_bound,
+                out_price_pico=out_price,
+                out_tokens_max=ask.out_tokens_max,
+                out_tokens_min=min(ask.choices, ask.out_tokens_max) if ask.flexible else ask.out_tokens_max,
+                rate_limits=limits,
+                intent=ask.intent,
+                count_denial=final,
             )
-            if probe is None:
-                return None, none
-            try:
-                admission = await self.store.admit(principal.team.name, None, probe)
-            except StoreError:
-                self.metrics.cache_errors.labels("admit").inc()
-                probe.locked, probe.lock_ms = False, 0  # the cache failed open: no lock, no wait
-                return None, none
-            return admission.entry, (None if admission.entry is not None else none)
-        req = ReserveRequest(
-            team=principal.team.name,
-            lease_id=ask.lease_id,
-            now_ms=int(now.timestamp() * 1000),
-            lease_ttl_ms=ask.lease_ttl_ms,
-            scopes=scopes,
-            fixed_nano=fixed_nano,
-            fixed_tokens=ask.prompt_tokens_bound,
-            out_price_pico=out_price,
-            out_tokens_max=ask.out_tokens_max,
-            out_tokens_min=min(ask.choices, ask.out_tokens_max) if ask.flexible else ask.out_tokens_max,
-            rate_limits=limits,
-            intent=ask.intent,
-            count_denial=final,
         )
         try:
             admission = await self.store.admit(principal.team.name, req, probe)
         except StoreError as exc:
-            self.metrics.store_errors.labels("reserve").inc()
             if probe is not None:
                 self.metrics.cache_errors.labels("admit").inc()
                 probe.locked, probe.lock_ms = False, 0  # the cache failed open: no lock, no wait
+            if req is None:
+                return None, unmetered
+            self.metrics.store_errors.labels("reserve").inc()
             return None, self._fail_open(principal, req, exc)
         if admission.entry is not None:
             return admission.entry, None
+        if req is None:
+            return None, unmetered
         result = admission.result
         assert result is not None
         if not result.ok:

@@ -119,9 +119,6 @@ class ResponseCache:
         and reserve the budget together; a shared group's entries live in the group's slot."""
         return namespace.removeprefix("team:")
 
-    def _slot(self, namespace: str) -> str:
-        return self.slot(namespace)
-
     def probe(self, namespace: str, key: str, read: bool) -> CacheProbe:
         lock_ms = self.cfg.lock_wait_ms * 2 if read and self.cfg.lock_wait_ms > 0 else 0
         return CacheProbe(slot=self.slot(namespace), key=key, read=read, lock_ms=lock_ms, namespace=namespace)
@@ -145,9 +142,9 @@ class ResponseCache:
         self._locked.discard(key)
         if len(data) > self.cfg.max_entry_bytes:
             if unlock:
-                self._writes.append((self._slot(namespace), key, b"", 0, True))
+                self._writes.append((self.slot(namespace), key, b"", 0, True))
         else:
-            self._writes.append((self._slot(namespace), key, data, ttl_s, unlock))
+            self._writes.append((self.slot(namespace), key, data, ttl_s, unlock))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.get_running_loop().create_task(self._flush(), name="cache-writer")
 
@@ -166,28 +163,12 @@ class ResponseCache:
 
     async def get(self, namespace: str, key: str) -> CacheEntry | None:
         try:
-            raw = await self.store.cache_get(self._slot(namespace), key)
+            raw = await self.store.cache_get(self.slot(namespace), key)
         except StoreError as exc:
             self.metrics.cache_errors.labels("get").inc()
             log.warning("cache read failed (serving from upstream): %s", exc)
             return None
-        if raw is None:
-            return None
-        try:
-            return decode_entry(raw)
-        except ValueError:
-            self.metrics.cache_errors.labels("decode").inc()
-            return None
-
-    async def put(self, namespace: str, key: str, entry: CacheEntry, ttl_s: int) -> None:
-        data = encode_entry(entry, self.cfg.compress_min_bytes)
-        if len(data) > self.cfg.max_entry_bytes:
-            return
-        try:
-            await self.store.cache_set(self._slot(namespace), key, data, ttl_s)
-        except StoreError as exc:
-            self.metrics.cache_errors.labels("set").inc()
-            log.warning("cache write failed: %s", exc)
+        return None if raw is None else self.decode(raw)
 
     # ------------------------------------------------------------------ stampede protection
 
@@ -225,6 +206,6 @@ class ResponseCache:
             return  # another replica's lock (we only polled it): it is not ours to delete
         self._locked.discard(key)
         try:
-            await self.store.cache_unlock(self._slot(namespace), key)
+            await self.store.cache_unlock(self.slot(namespace), key)
         except StoreError:
             self.metrics.cache_errors.labels("unlock").inc()

@@ -146,6 +146,18 @@ class KeyRecord:
 Charge = tuple[str, dict[str, Any], int, int, list[ScopeLimit]]
 
 
+async def admit_in_steps(store: Store, req: ReserveRequest | None, probe: CacheProbe | None) -> Admission:
+    """``admit`` as separate calls: the embedded store's way, and Redis's for a shared cache group
+    (its entries live in another cluster slot than the team's budget)."""
+    if probe is not None:
+        if probe.read:
+            entry = await store.cache_get(probe.slot, probe.key)
+            if entry is not None:
+                return Admission(entry=entry)
+        probe.locked = probe.lock_ms > 0 and await store.cache_lock(probe.slot, probe.key, probe.lock_ms)
+    return Admission(result=await store.reserve(req) if req is not None else None)
+
+
 class StoreError(Exception):
     """The backing store could not answer (connection, timeout). Never raised for a denial."""
 

@@ -32,6 +32,7 @@ from gateway.store.base import (
     ScopeLimit,
     ScopeUsage,
     Settlement,
+    admit_in_steps,
 )
 from gateway.store.book import BudgetBook, Lease, expired_record
 from gateway.store.rollup import ledger_day
@@ -261,13 +262,7 @@ class MemoryStore:
         return result
 
     async def admit(self, team: str, req: ReserveRequest | None, probe: CacheProbe | None) -> Admission:
-        if probe is not None:
-            if probe.read:
-                entry = await self.cache_get(probe.slot, probe.key)
-                if entry is not None:
-                    return Admission(entry=entry)
-            probe.locked = probe.lock_ms > 0 and await self.cache_lock(probe.slot, probe.key, probe.lock_ms)
-        return Admission(result=await self.reserve(req) if req is not None else None)
+        return await admit_in_steps(self, req, probe)  # in one process every step is atomic anyway
 
     async def settle(self, settlement: Settlement) -> bool:
         if not self.book.settle(settlement):

@@ -27,6 +27,7 @@ from gateway.store.base import (
     ScopeUsage,
     Settlement,
     StoreError,
+    admit_in_steps,
 )
 from gateway.store.resp import ReplyError, RespClient
 from gateway.store.rollup import hour_bucket, ledger_day
@@ -172,15 +173,8 @@ class RedisStore:
     async def admit(self, team: str, req: ReserveRequest | None, probe: CacheProbe | None) -> Admission:
         """One script when the cache entry lives in the team's slot; a shared group's entries live in
         the group's slot (Redis Cluster forbids one script across slots), so those take separate calls."""
-        if probe is None:
-            return Admission(result=await self.reserve(req) if req is not None else None)
-        if probe.slot != team:
-            if probe.read:
-                entry = await self.cache_get(probe.slot, probe.key)
-                if entry is not None:
-                    return Admission(entry=entry)
-            probe.locked = probe.lock_ms > 0 and await self.cache_lock(probe.slot, probe.key, probe.lock_ms)
-            return Admission(result=await self.reserve(req) if req is not None else None)
+        if probe is None or probe.slot != team:
+            return await admit_in_steps(self, req, probe)
         keys, args = (
             self._reserve_call(req) if req is not None else ([*self._team_keys(team), _k(team, "rate:0")], [])
         )
