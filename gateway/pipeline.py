@@ -80,6 +80,7 @@ class RequestContext:
     error: str = ""
     prompt_bound: int = 0
     forwarded: bool = False
+    intent: dict[str, Any] | None = None  # the ledger record's first half, built once at the reservation
     cache_key: str = ""  # the lookup's key, for cache_model; a fallback's answer gets its own
     cache_model: str = ""
     cache_vary: dict[str, str] | None = None  # forwarded client headers: part of the cache key
@@ -436,7 +437,7 @@ class Pipeline:
     ) -> Ask:
         assert ctx.principal is not None
         timeout_ms = int(self.config.source.server.timeouts.total_s * 1000)
-        skeleton = self._ask_intent(ctx, chain[0].name, chain[0].deployments[0].provider.system)
+        skeleton = ctx.intent = self._ask_intent(ctx, chain[0].name, chain[0].deployments[0].provider.system)
         return Ask(
             lease_id=ctx.request_id,
             prompt_tokens_bound=prompt_tokens,
@@ -730,8 +731,9 @@ class Pipeline:
         counterfactual: int,
         status: int,
     ) -> dict[str, Any]:
+        # The reservation's write-ahead intent is the record's first half (complete() copies it).
         return ledger.complete(
-            self._ask_intent(ctx, deployment.logical),
+            ctx.intent or self._ask_intent(ctx, deployment.logical),
             served_model=deployment.logical,
             upstream_model=deployment.upstream_model,
             provider=deployment.provider.system,
