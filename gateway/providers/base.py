@@ -12,11 +12,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import aiohttp
-
 from gateway import jsonutil
 from gateway.config.runtime import DeploymentSpec, ProviderSpec
 from gateway.errors import UpstreamError, UpstreamStatusError, UpstreamTimeout
+from gateway.providers.http1 import Http1Client, HttpError, HttpTimeout, Response
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and headers the gateway owns are never forwarded.
 HOP_BY_HOP = frozenset(
@@ -135,22 +134,20 @@ def error_message(body: bytes) -> tuple[str, dict[str, Any] | None, str | None]:
 class UpstreamReply:
     """An upstream response whose status is 2xx. Close it (or read it fully) exactly once."""
 
-    def __init__(self, response: aiohttp.ClientResponse, timeouts: Timeouts) -> None:
+    def __init__(self, response: Response, timeouts: Timeouts) -> None:
         self._response = response
         self._timeouts = timeouts
         self.status = response.status
         self._stream: AsyncIterator[bytes] | None = None
 
     async def read(self) -> bytes:
-        """The whole body (the session's ``sock_read`` timeout bounds each wait)."""
+        """The whole body, within what is left of the call's ``first_byte_s`` deadline."""
         try:
             return await self._response.read()
-        except TimeoutError as exc:
+        except HttpTimeout as exc:
             raise UpstreamTimeout("upstream timed out reading the response") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"upstream connection failed: {exc.__class__.__name__}") from exc
-        finally:
-            self._response.release()
+        except HttpError as exc:
+            raise UpstreamError(f"upstream connection failed: {exc}") from exc
 
     def stream(self) -> AsyncIterator[bytes]:
         """The body's chunks as they arrive (one iterator per reply, so a caller can resume it)."""
@@ -159,16 +156,16 @@ class UpstreamReply:
         return self._stream
 
     async def _chunks(self) -> AsyncIterator[bytes]:
-        """Body chunks as they arrive; a silence longer than ``idle_s`` (``sock_read``) is a timeout."""
-        content = self._response.content
+        """Body chunks as they arrive; a silence longer than ``idle_s`` is a timeout."""
+        idle_s = self._timeouts.idle_s
         try:
             while True:
                 try:
-                    chunk = await content.readany()
-                except TimeoutError as exc:
+                    chunk = await self._response.next_chunk(idle_s)
+                except HttpTimeout as exc:
                     raise UpstreamTimeout("upstream stream stalled") from exc
-                except (aiohttp.ClientError, OSError) as exc:
-                    raise UpstreamError(f"upstream stream broken: {exc.__class__.__name__}") from exc
+                except HttpError as exc:
+                    raise UpstreamError(f"upstream stream broken: {exc}") from exc
                 if not chunk:
                     return
                 yield chunk
@@ -176,61 +173,44 @@ class UpstreamReply:
             self.close()
 
     def close(self) -> None:
-        self._response.close()  # drops the connection: an unfinished stream must not be reused
+        self._response.close()  # an unfinished stream drops its connection: it must not be reused
 
 
 class UpstreamClient:
-    """One pooled ``aiohttp.ClientSession`` for all providers."""
+    """Every upstream call goes through one pooled keep-alive HTTP/1.1 client (``http1.py``)."""
 
     def __init__(self, max_connections: int = 1024) -> None:
         self._max = max_connections
-        self._session: aiohttp.ClientSession | None = None
+        self._http: Http1Client | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self._max, limit_per_host=0, ttl_dns_cache=300, enable_cleanup_closed=True
-        )
-        self._session = aiohttp.ClientSession(
-            connector=connector,
-            auto_decompress=True,
-            skip_auto_headers=("User-Agent",),
-            json_serialize=jsonutil.dumps_str,
-        )
+        self._http = Http1Client(max_connections=self._max)
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        if self._http is not None:
+            await self._http.close()
 
     async def send(self, call: UpstreamCall, adapter: Adapter, timeouts: Timeouts) -> UpstreamReply:
-        """POST the call. aiohttp's own timers bound every wait (no ``asyncio.wait_for`` per request):
-        ``first_byte_s`` for a whole answer, ``idle_s`` for each silence of a stream (its first one too)."""
-        assert self._session is not None, "UpstreamClient.start() was not awaited"
-        if call.stream:  # each silence is bounded; a read timer per chunk is fine at stream pace
-            timeout = aiohttp.ClientTimeout(
-                total=None,
-                connect=timeouts.connect_s,
-                sock_connect=timeouts.connect_s,
-                sock_read=timeouts.idle_s,
-            )
-        else:  # one timer for the whole exchange: no per-read rescheduling on the hot path
-            timeout = aiohttp.ClientTimeout(
-                total=timeouts.first_byte_s, connect=timeouts.connect_s, sock_connect=timeouts.connect_s
-            )
+        """POST the call. A non-streamed call must be answered in full within ``first_byte_s``; a stream
+        must start within ``idle_s`` and never fall silent for longer."""
+        assert self._http is not None, "UpstreamClient.start() was not awaited"
         try:
-            response = await self._session.post(
-                call.url, data=call.payload, headers=call.headers, timeout=timeout
+            response = await self._http.post(
+                call.url,
+                call.headers,
+                call.payload,
+                connect_s=timeouts.connect_s,
+                head_s=timeouts.idle_s if call.stream else timeouts.first_byte_s,
+                total_s=None if call.stream else timeouts.first_byte_s,
             )
-        except TimeoutError as exc:
+        except HttpTimeout as exc:
             raise UpstreamTimeout("upstream did not answer in time") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError(f"upstream connection failed: {exc.__class__.__name__}") from exc
+        except HttpError as exc:
+            raise UpstreamError(f"upstream connection failed: {exc}") from exc
         if response.status >= 400:
             try:
                 body = await response.read()
-            except (TimeoutError, aiohttp.ClientError, OSError):
+            except HttpError:
                 body = b""
-            finally:
-                response.release()
-            headers = {k.lower(): v for k, v in response.headers.items()}
-            raise adapter.error_from(response.status, body, headers)
+            raise adapter.error_from(response.status, body, response.headers)
         return UpstreamReply(response, timeouts)
