@@ -81,6 +81,9 @@ class RedisStore:
         self.client: aioredis.Redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         # The scripts go through the pipelined fast client (one socket, no pool, hiredis parsing).
         self.fast = RespClient(url, socket_timeout_s)
+        # Cache writes take a second one: a multi-megabyte entry must never queue the budget
+        # reservations of other requests behind it on the same socket.
+        self.bulk = RespClient(url, socket_timeout_s)
         common = _lua("common.lua")
         reserve_fn = _lua("reserve_fn.lua")
         self._reserve = _Script(common + reserve_fn + _lua("reserve.lua"))
@@ -95,6 +98,7 @@ class RedisStore:
 
     async def close(self) -> None:
         await self.fast.close()
+        await self.bulk.close()
         await self.client.aclose()
 
     async def ping(self) -> bool:
@@ -374,20 +378,17 @@ class RedisStore:
 
     async def cache_set_many(self, writes: list[CacheWrite]) -> None:
         """Many cache writes (and lock releases) in one round trip."""
-        # Through redis-py's pool, not the budget scripts' connection: a multi-megabyte entry must never
-        # queue the reservations of other requests behind it.
         if not writes:
             return
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for slot, key, value, ttl_s, unlock in writes:
-                if value:  # empty: only release the lock
-                    _ = pipe.set(_k(slot, f"c:{key}"), value, ex=ttl_s)
-                if unlock:
-                    _ = pipe.delete(_k(slot, f"cl:{key}"))
-            await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreError(f"redis: {exc}") from exc
+        commands: list[tuple[Any, ...]] = []
+        for slot, key, value, ttl_s, unlock in writes:
+            if value:  # empty: only release the lock
+                commands.append(("SET", _k(slot, f"c:{key}"), value, "EX", ttl_s))
+            if unlock:
+                commands.append(("DEL", _k(slot, f"cl:{key}")))
+        for reply in await self.bulk.execute_many(commands):
+            if isinstance(reply, ReplyError):
+                raise StoreError(f"redis: {reply}")
 
     async def cache_lock(self, team: str, key: str, ttl_ms: int) -> bool:
         try:
