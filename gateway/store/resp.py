@@ -94,7 +94,9 @@ class _Protocol(asyncio.Protocol):
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         futures = [loop.create_future() for _ in range(count)]
-        self.waiters.extend((f, now) for f in futures)
+        waiters = self.waiters
+        for future in futures:
+            waiters.append((future, now))
         if len(self.waiters) == count and not self._out:
             self.transport.write(payload)  # nothing else in flight: no one to batch with, send now
             return futures
@@ -194,7 +196,10 @@ class RespClient:
         if not commands:
             return []
         proto = await self._connection()
-        futures = proto.send(b"".join(pack(c) for c in commands), len(commands))
+        if len(commands) == 1:  # the hot path's one script per request: no gather machinery
+            (future,) = proto.send(pack(commands[0]), 1)
+            return [await future]
+        futures = proto.send(b"".join([pack(c) for c in commands]), len(commands))
         return list(await asyncio.gather(*futures))
 
     async def close(self) -> None:
