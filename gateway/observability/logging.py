@@ -79,8 +79,13 @@ class AccessLog:
 
     def write(self, fields: dict[str, Any]) -> None:
         now = time.time()
-        line = {"ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
-                "level": "info", "logger": "gateway.access", "msg": "request", **fields}
+        line = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+            "level": "info",
+            "logger": "gateway.access",
+            "msg": "request",
+            **fields,
+        }
         self._lines.append(jsonutil.dumps(line))
         if not self._scheduled:
             self._scheduled = True

@@ -78,6 +78,11 @@ class _Connection(asyncio.Protocol):
         self.complete = False  # the body was read to its end
         self.error: HttpError | None = None
         self._waiter: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._last_data = 0.0  # loop time of the latest bytes, for the stream idle timer
+        self._wait_since = 0.0
+        self._idle_s = 0.0
+        self._idle_timer: asyncio.TimerHandle | None = None
 
     # ---------------------------------------------------------------- asyncio callbacks
 
@@ -91,6 +96,8 @@ class _Connection(asyncio.Protocol):
                 self.transport.abort()
             return
         self._buf += data
+        if self._idle_timer is not None and self._loop is not None:
+            self._last_data = self._loop.time()
         try:
             self._parse()
         except HttpError as exc:
@@ -119,10 +126,12 @@ class _Connection(asyncio.Protocol):
         self._decoder = None
         self.complete = False
         self.error = None
+        self._loop = loop
         self.head = loop.create_future()
         return self.head
 
     def fail(self, error: HttpError) -> None:
+        self._stop_idle_timer()
         if self.error is None and not self.complete:
             self.error = error
         self._state = _DONE
@@ -133,6 +142,33 @@ class _Connection(asyncio.Protocol):
         self._wake()
         if self.transport is not None:
             self.transport.abort()
+
+    def watch_idle(self, idle_s: float) -> None:
+        """Fail the exchange if the reader waits through a silence longer than ``idle_s``.
+
+        One timer per stream rather than one per chunk (a stream is thousands of waits): when it
+        fires it re-arms itself for the latest data's time, and only a real silence fails."""
+        loop = self._loop or asyncio.get_running_loop()
+        self._idle_s = idle_s
+        self._wait_since = loop.time()
+        if self._idle_timer is None:
+            self._last_data = self._wait_since
+            self._idle_timer = loop.call_at(self._wait_since + idle_s, self._check_idle)
+
+    def _check_idle(self) -> None:
+        self._idle_timer = None
+        if self._waiter is None or self._state == _DONE or self._loop is None:
+            return  # nobody is waiting: the next wait re-arms the timer
+        due = max(self._last_data, self._wait_since) + self._idle_s
+        if self._loop.time() >= due:
+            self.fail(HttpTimeout("upstream stream stalled"))
+        else:
+            self._idle_timer = self._loop.call_at(due, self._check_idle)
+
+    def _stop_idle_timer(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
 
     async def wait(self) -> None:
         """Until a chunk, the end of the body or a failure is available."""
@@ -180,6 +216,7 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def _finish(self) -> None:
+        self._stop_idle_timer()
         if self._decoder is not None:
             try:
                 tail = self._decoder.flush()
@@ -347,12 +384,8 @@ class Response:
         ``idle_s`` raises ``HttpTimeout``."""
         conn = self._conn
         if not (conn.chunks or conn.complete or conn.error is not None):
-            loop = asyncio.get_running_loop()
-            timer = loop.call_later(idle_s, conn.fail, HttpTimeout("upstream stream stalled"))
-            try:
-                await conn.wait()
-            finally:
-                timer.cancel()
+            conn.watch_idle(idle_s)
+            await conn.wait()
         if conn.chunks:
             return conn.take()
         if conn.error is not None:

@@ -194,16 +194,23 @@ def test_sdk_typed_errors(gw: GatewayProc, oai: openai.OpenAI) -> None:
 def test_cut_stream_raises_in_the_sdk(oai: openai.OpenAI, claude: anthropic.Anthropic) -> None:
     # Chunk pacing makes the first bytes reach the client before the upstream cuts the stream.
     cut = {"x-mock-cut-after": "3", "x-mock-chunk-delay-ms": "5"}
-    stream = oai.chat.completions.create(model="gpt-4o", messages=MESSAGES, max_tokens=10, stream=True,
-                                         extra_headers=cut)
+    stream = oai.chat.completions.create(
+        model="gpt-4o", messages=MESSAGES, max_tokens=10, stream=True, extra_headers=cut
+    )
     received = []
     with pytest.raises(openai.APIError):
         for chunk in stream:
             received.append(chunk)
     assert received, "the client saw the start of the answer before the error event"
-    with pytest.raises(anthropic.APIStatusError), claude.messages.stream(
-            model="claude-sonnet", max_tokens=10, messages=[{"role": "user", "content": "x"}],
-            extra_headers=cut) as s:
+    with (
+        pytest.raises(anthropic.APIStatusError),
+        claude.messages.stream(
+            model="claude-sonnet",
+            max_tokens=10,
+            messages=[{"role": "user", "content": "x"}],
+            extra_headers=cut,
+        ) as s,
+    ):
         list(s.text_stream)
 
 

@@ -691,6 +691,7 @@ async def test_redis_failure_fails_open(
         async def counted() -> bool:
             after = await metrics(http, gw.url)
             name = "llm_gateway_cache_errors_total"
+
             # The probe travels with the reservation ("admit"); a store error there is a plain miss,
             # with no wait for another replica's entry.
             def total(sample: Any) -> float:

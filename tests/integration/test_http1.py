@@ -330,3 +330,31 @@ async def test_header_injection_and_bad_urls_are_refused(client: Http1Client) ->
         )
     with pytest.raises(HttpError, match="unsupported upstream URL"):
         await client.post("ftp://example.com/x", {}, b"", connect_s=1, head_s=1, total_s=1)
+
+
+async def test_a_steady_trickle_longer_than_idle_s_does_not_time_out(client: Http1Client) -> None:
+    # One idle timer serves the whole stream: it must re-arm on data, not fire idle_s after the first wait.
+    def bind(scripted: Scripted) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await scripted.read_request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            for i in range(8):
+                await asyncio.sleep(0.08)
+                writer.write(b"1\r\n%d\r\n" % i)
+                await writer.drain()
+            await asyncio.sleep(5)
+
+        return handler
+
+    async with await serve(bind) as server:
+        response = await client.post(server.url, {}, b"{}", connect_s=1.0, head_s=1.0, total_s=None)
+        received = b""
+        while len(received) < 8:
+            received += await response.next_chunk(0.25)  # 8 x 80 ms = 640 ms, well past 250 ms
+        assert received == b"01234567"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(HttpTimeout):
+            await response.next_chunk(0.25)
+        assert 0.2 <= loop.time() - started < 1.0
+        response.close()

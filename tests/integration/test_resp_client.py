@@ -9,14 +9,28 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.store.base import StoreError
-from gateway.store.resp import ReplyError, RespClient, pack
+from gateway.store.resp import ReplyError, RespClient, _pack_python, pack
 from tests.harness import RedisServer, free_port
 
 
 def test_pack_encodes_every_argument_type() -> None:
     assert pack(("SET", b"k", 3, 1.5)) == b"*4\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\n3\r\n$3\r\n1.5\r\n"
+    assert pack(["SET", "é", True]) == b"*3\r\n$3\r\nSET\r\n$2\r\n\xc3\xa9\r\n$4\r\nTrue\r\n"
+
+
+@given(
+    st.lists(
+        st.one_of(st.text(), st.binary(), st.integers(), st.floats(allow_nan=False, allow_infinity=False)),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_the_c_and_python_encoders_agree(args: list[object]) -> None:
+    assert pack(tuple(args)) == _pack_python(args)
 
 
 async def test_pipelined_commands_answer_in_order(redis_server: RedisServer) -> None:

@@ -26,8 +26,14 @@ _UNTIL = int(time.time() * 1000) + 86_400_000
 
 
 def _record(request_id: str, cost: int) -> dict[str, Any]:
-    return {"request_id": request_id, "ts_ms": int(time.time() * 1000), "team": "t", "cost_nano": cost,
-            "usage": {}, "tags": {}}
+    return {
+        "request_id": request_id,
+        "ts_ms": int(time.time() * 1000),
+        "team": "t",
+        "cost_nano": cost,
+        "usage": {},
+        "tags": {},
+    }
 
 
 async def test_queue_spills_at_shutdown_and_replays_exactly_once(tmp_path: Path) -> None:
