@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from datetime import UTC, datetime
 
-
 _HOUR_MS = 3_600_000
 
 
