@@ -19,6 +19,7 @@ import contextlib
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, cast
 
 import hiredis
@@ -27,7 +28,7 @@ from redis.connection import parse_url
 from gateway.store.base import StoreError, StoreUncertain
 
 ReplyError = hiredis.ReplyError
-_pack_command = hiredis.pack_command
+_pack_command: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command
 _WATCHDOG_S = 0.05
 
 
