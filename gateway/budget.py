@@ -217,6 +217,12 @@ class BudgetManager:
         )
         try:
             admission = await self.store.admit(principal.team.name, req, probe)
+        except asyncio.CancelledError:
+            # The client went away while the script was in flight. Nothing reached a provider, but the
+            # lease may exist: left alone it would expire into spend (the whole reservation).
+            if req is not None:
+                self._release_unanswered(req, 499)
+            raise
         except StoreError as exc:
             if probe is not None:
                 self.metrics.cache_errors.labels("admit").inc()
@@ -246,23 +252,23 @@ class BudgetManager:
             result.rate_remaining,
         )
 
+    def _release_unanswered(self, req: ReserveRequest, status: int) -> None:
+        """A reservation whose answer never came back may exist in the store: queue its release at $0
+        (a no-op if the script never ran). Queued on the same connection as the script, so it runs after."""
+        record = {**req.intent, "status": status, "cost_nano": 0, "estimated": False}
+        self.pending_settles.append(
+            Settlement(
+                team=req.team, lease_id=req.lease_id, cost_nano=0, tokens=0, record=record, now_ms=req.now_ms
+            )
+        )
+        self._ensure_reconciler()
+
     def _fail_open(self, principal: Principal, req: ReserveRequest, exc: Exception) -> Reservation:
         if principal.team.on_store_error != "fail_open":
             if isinstance(exc, StoreUncertain):
                 # The script may have run: release its lease at $0 once the store answers again, or it
                 # would expire into spend for a request that was refused.
-                record = {**req.intent, "status": 503, "cost_nano": 0, "estimated": False}
-                self.pending_settles.append(
-                    Settlement(
-                        team=req.team,
-                        lease_id=req.lease_id,
-                        cost_nano=0,
-                        tokens=0,
-                        record=record,
-                        now_ms=req.now_ms,
-                    )
-                )
-                self._ensure_reconciler()
+                self._release_unanswered(req, 503)
             raise StoreUnavailable(
                 "the budget store is unavailable and this team fails closed; retry shortly",
                 headers={"Retry-After": "1"},
@@ -472,7 +478,7 @@ class BudgetManager:
             results = await self.store.settle_many(batch)
             for settlement, settled in zip(batch, results, strict=True):
                 self.pending_settles.popleft()
-                if not settled:
+                if not settled and not _is_release_of_unanswered(settlement):
                     log.warning(
                         "lease %s had already expired into spend; actual cost %s not applied twice",
                         settlement.lease_id,
@@ -581,3 +587,9 @@ class BudgetManager:
         if count:
             self._ensure_reconciler()
         return count
+
+
+def _is_release_of_unanswered(settlement: Settlement) -> bool:
+    """A $0 release queued for a reservation whose answer never came: finding no lease is expected (the
+    script never ran, or denied), not a lease that expired into spend."""
+    return settlement.cost_nano == 0 and settlement.record.get("status") in (499, 503)

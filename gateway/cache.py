@@ -119,9 +119,11 @@ class ResponseCache:
         and reserve the budget together; a shared group's entries live in the group's slot."""
         return namespace.removeprefix("team:")
 
-    def probe(self, namespace: str, key: str, read: bool) -> CacheProbe:
+    def probe(self, namespace: str, key: str, read: bool, owner: str = "") -> CacheProbe:
         lock_ms = self.cfg.lock_wait_ms * 2 if read and self.cfg.lock_wait_ms > 0 else 0
-        return CacheProbe(slot=self.slot(namespace), key=key, read=read, lock_ms=lock_ms, namespace=namespace)
+        return CacheProbe(
+            slot=self.slot(namespace), key=key, read=read, lock_ms=lock_ms, namespace=namespace, owner=owner
+        )
 
     def owns(self, key: str) -> None:
         """This process took the key's fill lock (through an admission): it may release it."""

@@ -291,7 +291,7 @@ class Pipeline:
             else:
                 self.cache.lead(key)
                 ctx.cache_lead = (decision.namespace, key)
-        return None, self.cache.probe(decision.namespace, key, decision.read)
+        return None, self.cache.probe(decision.namespace, key, decision.read, ctx.request_id)
 
     def _serve_hit(self, ctx: RequestContext, entry: CacheEntry, model: ModelSpec) -> Reply | StreamReply:
         assert ctx.principal is not None

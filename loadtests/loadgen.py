@@ -405,7 +405,10 @@ def run_wrk(
             ]
 
         if plan.warmup > 0:
-            subprocess.run(wrk(plan.warmup), env=env, check=True, capture_output=True)
+            # wrk numbers requests from 1 in every run: the warmup needs its own nonce, or the measured
+            # run would repeat its bodies and a cache-miss scenario would be served partly from cache.
+            warm_env = {**env, "LOADGEN_NONCE": f"{factory.nonce.decode()}warmup-"}
+            subprocess.run(wrk(plan.warmup), env=warm_env, check=True, capture_output=True)
         phase = Phase(watch)
         before = _children_cpu()
         phase.begin()

@@ -20,6 +20,7 @@ Semantics the gateway relies on:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 import time
 import zlib
@@ -392,6 +393,13 @@ class Response:
             raise conn.error
         self.close()
         return b""
+
+    def __del__(self) -> None:
+        # A reply dropped without close() (a bug path) must not hold its slot forever: after
+        # max_connections such leaks every request would wait for a slot.
+        if not self._released:
+            with contextlib.suppress(Exception):
+                self.close()
 
     def close(self) -> None:
         """Return the connection to the pool if its response was read to the end, else drop it."""

@@ -91,6 +91,7 @@ class CacheProbe:
     lock_ms: int  # 0: take no lock
     locked: bool = False  # set by ``admit``: this request took the fill lock (and must release it)
     namespace: str = ""  # the cache namespace the slot belongs to (for releasing the lock)
+    owner: str = ""  # the lock's value (the request id): who may release it when unsure it holds it
 
 
 @dataclass(slots=True)

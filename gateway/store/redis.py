@@ -7,6 +7,7 @@ timeouts surface as ``StoreError``; the budget layer applies the team's ``on_sto
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from importlib import resources
 from typing import Any
@@ -55,6 +56,10 @@ class _Script:
 
 def _noscript(reply: Any) -> bool:
     return isinstance(reply, ReplyError | NoScriptError) and str(reply).startswith("NOSCRIPT")
+
+
+# Delete a fill lock only if it still holds the given owner's id.
+_UNLOCK_OWNED = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
 def _k(team: str, suffix: str) -> str:
@@ -182,10 +187,18 @@ class RedisStore:
         keys, args = (
             self._reserve_call(req) if req is not None else ([*self._team_keys(team), _k(team, "rate:0")], [])
         )
-        keys += [_k(team, f"c:{probe.key}"), _k(team, f"cl:{probe.key}")]
-        raw = await self._call(
-            self._admit, keys, [1 if probe.read else 0, probe.lock_ms, 1 if req is not None else 0, *args]
-        )
+        lock_key = _k(team, f"cl:{probe.key}")
+        keys += [_k(team, f"c:{probe.key}"), lock_key]
+        flags = [1 if probe.read else 0, probe.lock_ms, 1 if req is not None else 0, probe.owner or "1"]
+        try:
+            raw = await self._call(self._admit, keys, [*flags, *args])
+        except asyncio.CancelledError:
+            # The caller went away with the script in flight: it may have taken the fill lock, and then
+            # identical requests would wait lock_wait_ms for an entry nobody is filling. Release it if it
+            # is ours, on the same connection, so Redis runs the release after the script.
+            if probe.lock_ms > 0 and probe.owner:
+                self.fast.send_nowait(("EVAL", _UNLOCK_OWNED, 1, lock_key, probe.owner))
+            raise
         if _s(raw[0]) == "hit":
             value = raw[1]
             return Admission(entry=value if isinstance(value, bytes) else str(value).encode())

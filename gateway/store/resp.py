@@ -61,6 +61,11 @@ def _pack_python(args: tuple[Any, ...] | list[Any]) -> bytes:
     return b"".join(out)
 
 
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved: a failed fire-and-forget command is not an unhandled error
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self) -> None:
         self.reader = hiredis.Reader()
@@ -202,6 +207,19 @@ class RespClient:
         proto = await self._connection()
         (future,) = proto.send(pack(args), 1)
         return await future
+
+    def send_nowait(self, command: tuple[Any, ...]) -> bool:
+        """Queue a command behind everything already sent, without waiting for (or reading) its answer.
+        False if there is no open connection: a command on a new one could overtake nothing anyway."""
+        proto = self._proto
+        if proto is None or proto.closed or self._closed:
+            return False
+        try:
+            (future,) = proto.send(pack(command), 1)
+        except StoreError:
+            return False
+        future.add_done_callback(_ignore_outcome)
+        return True
 
     async def execute_many(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Many commands in one write; replies (or ReplyError values) in order."""

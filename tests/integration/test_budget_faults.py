@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -453,3 +455,50 @@ def test_redis_outage_fail_closed_fail_open_and_reconcile(
     finally:
         assert gw.proc.popen.poll() is None, "the gateway crashed"
         gw.stop()
+
+
+# ---------------------------------------------------------------------- client gone mid-admission
+
+
+def test_a_client_gone_while_its_admission_is_in_flight_costs_nothing_and_holds_no_lock(
+    tmp_path: Path, own_mock: MockProvider, redis_srv: RedisServer
+) -> None:
+    """Redis is paused, so the admission script (reservation + cache fill lock) waits in the socket;
+    the client gives up and the gateway cancels the request. When Redis resumes, the script runs and
+    reserves: the gateway must release that lease at $0 (not let it expire into spend) and drop the
+    fill lock, or identical requests would wait ``lock_wait_ms`` for an entry nobody is filling."""
+    cfg = base_config(own_mock.url)
+    cfg["teams"] = {
+        "gone": {
+            "budget": {"usd": "1", "period": "total"},
+            "keys": [{"id": "gone", "key": "sk-gone"}],
+            "cache": {"mode": "always"},
+        }
+    }
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 50}
+    headers = {"authorization": "Bearer sk-gone", "content-type": "application/json"}
+    gateway = GatewayProc(write_config(tmp_path, cfg), redis_url=redis_srv.url)
+    client = redis.Redis.from_url(redis_srv.url)
+    try:
+        # A first request loads the scripts: a fresh Redis would answer the paused one NOSCRIPT (not run).
+        warm = {**body, "messages": [{"role": "user", "content": "warm up"}]}
+        assert http_json("POST", gateway.url + "/v1/chat/completions", warm, headers)[0] == 200
+        spent_before = quiet_scope(gateway.url, "gone")["spent_usd"]
+        client.execute_command("CLIENT", "PAUSE", 700, "ALL")  # shorter than the 1 s store timeout
+        request = urllib.request.Request(
+            gateway.url + "/v1/chat/completions", data=orjson.dumps(body), headers=headers, method="POST"
+        )
+        with pytest.raises((TimeoutError, urllib.error.URLError)):
+            urllib.request.urlopen(request, timeout=0.2)
+        time.sleep(0.7)  # Redis runs the script, then the release queued behind it
+        assert quiet_scope(gateway.url, "gone")["spent_usd"] == spent_before
+        ledger = wait_for("the release's ledger record", lambda: redis_ledger(redis_srv.url, "gone")[1:])
+        assert [(r["status"], r["cost_nano"]) for r in ledger] == [(499, 0)]
+        assert wait_for("the fill lock to go", lambda: not client.keys("gw:{gone}:cl:*"), timeout=5)
+        started = time.monotonic()
+        status, answer, _ = http_json("POST", gateway.url + "/v1/chat/completions", body, headers)
+        assert status == 200, answer
+        assert time.monotonic() - started < 1.5  # no wait on a lock nobody holds
+    finally:
+        client.close()
+        gateway.stop()

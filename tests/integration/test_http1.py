@@ -358,3 +358,17 @@ async def test_a_steady_trickle_longer_than_idle_s_does_not_time_out(client: Htt
             await response.next_chunk(0.25)
         assert 0.2 <= loop.time() - started < 1.0
         response.close()
+
+
+async def test_a_reply_dropped_without_close_frees_its_slot() -> None:
+    import gc
+
+    http = Http1Client(max_connections=1)
+    try:
+        async with await serve(keep_alive_server(ok(b"z"))) as server:
+            response = await http.post(server.url, {}, b"{}", connect_s=1, head_s=1, total_s=1)
+            del response  # never read nor closed
+            gc.collect()
+            assert await asyncio.wait_for(post(http, server.url), 2) == b"z"  # the only slot is free again
+    finally:
+        await http.close()
