@@ -149,6 +149,12 @@ async def handle_llm(request: web.Request, wire: str, operation: str) -> web.Str
             api_key=key,
         )
         result = await gateway.pipeline.handle(ctx)
+    except asyncio.CancelledError:
+        # The client went away before the answer (nginx's 499). The pipeline has settled or released
+        # what it reserved; the request still counts in the access log and the error-rate metrics.
+        _access_log(gateway, ctx, request_id, 499, wire, "client disconnected")
+        _count_failure(gateway, ctx, operation, 499)
+        raise
     except GatewayError as err:
         _access_log(gateway, ctx, request_id, err.status, wire, err.message)
         _count_failure(gateway, ctx, operation, err.status)
@@ -205,7 +211,7 @@ async def _write_stream(
         # The client went away: stop reading upstream (closing the generator closes the upstream
         # connection) and settle what was delivered.
         await chunks.aclose()  # type: ignore[attr-defined]
-        _access_log(gateway, ctx, request_id, 499, wire, "client disconnected")
+        _access_log(gateway, ctx, request_id, 499, wire, "client disconnected")  # the relay counted it
         raise
     _access_log(gateway, ctx, request_id, ctx.status if ctx else 200, wire)
     return response

@@ -495,6 +495,11 @@ def test_a_client_gone_while_its_admission_is_in_flight_costs_nothing_and_holds_
         ledger = wait_for("the release's ledger record", lambda: redis_ledger(redis_srv.url, "gone")[1:])
         assert [(r["status"], r["cost_nano"]) for r in ledger] == [(499, 0)]
         assert wait_for("the fill lock to go", lambda: not client.keys("gw:{gone}:cl:*"), timeout=5)
+        # The request still shows: an access-log line and a 4xx in the error-rate metric.
+        assert wait_for("the 499 access log line", lambda: '"status":499' in gateway.proc.log(), timeout=5)
+        metrics = http_json("GET", gateway.url + "/metrics")[1]
+        assert 'llm_gateway_requests_total{model="gpt-4o",operation="chat",provider="-",' in metrics
+        assert 'route="default",status_class="4xx",team="gone"} 1.0' in metrics
         started = time.monotonic()
         status, answer, _ = http_json("POST", gateway.url + "/v1/chat/completions", body, headers)
         assert status == 200, answer
