@@ -45,6 +45,10 @@ log = logging.getLogger("gateway.cache")
 NON_OUTPUT_FIELDS = frozenset(
     {"model", "stream", "stream_options", "user", "metadata", "store", "service_tier"}
 )
+# Sampling parameters where JSON's 0 and 0.0 (or 1 and 1.0) mean the same thing to every provider: the
+# key takes the integral float as an int, so `temperature: 0.0` and `temperature: 0` share one entry.
+_NUMERIC_FIELDS = ("temperature", "top_p", "top_k", "frequency_penalty", "presence_penalty")
+_EXACT = float(2**53)
 _LOCK_POLL_S = 0.02
 
 
@@ -99,6 +103,10 @@ def cache_key(
 ) -> str:
     """``vary``: the client headers forwarded upstream (they can change the answer, e.g. anthropic-beta)."""
     relevant = {k: v for k, v in body.items() if k not in NON_OUTPUT_FIELDS}
+    for name in _NUMERIC_FIELDS:
+        value = relevant.get(name)
+        if type(value) is float and value.is_integer() and -_EXACT <= value <= _EXACT:
+            relevant[name] = int(value)  # bounded: orjson refuses ints beyond 64 bits
     material = jsonutil.dumps_sorted([namespace, inbound, operation, model, relevant, vary or {}])
     return hashlib.sha256(material).hexdigest()
 
