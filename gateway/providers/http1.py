@@ -111,7 +111,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
-        if self._state == _UNTIL_CLOSE:
+        if self._state == _UNTIL_CLOSE and exc is None:  # a clean close ends a close-delimited body
             self._finish()
         elif self._state != _DONE:
             reason = exc.__class__.__name__ if exc is not None else "ServerDisconnected"
@@ -124,6 +124,9 @@ class _Connection(asyncio.Protocol):
         self._buf.clear()
         self.chunks.clear()
         self._buffered = 0
+        if self._paused and self.transport is not None:  # never reused paused (see reusable): belt and braces
+            self._paused = False
+            self.transport.resume_reading()
         self._decoder = None
         self.complete = False
         self.error = None
@@ -193,7 +196,16 @@ class _Connection(asyncio.Protocol):
 
     @property
     def reusable(self) -> bool:
-        return self.complete and self._keep_alive and not self.lost and not self._buf
+        # A connection paused for a slow reader, or with body bytes nobody took, cannot carry another
+        # exchange: its next response would never be read (or be read after stale bytes).
+        return (
+            self.complete
+            and self._keep_alive
+            and not self.lost
+            and not self._buf
+            and not self._paused
+            and not self.chunks
+        )
 
     # ---------------------------------------------------------------- parser
 
@@ -259,12 +271,10 @@ class _Connection(asyncio.Protocol):
                     return
                 size_text = bytes(buf[:end]).split(b";", 1)[0].strip()
                 del buf[: end + 2]
-                try:
-                    size = int(size_text, 16)
-                except ValueError:
-                    raise HttpError("upstream sent a malformed chunk size") from None
-                if size < 0:
+                # Hex digits only: int(x, 16) would also take "0x1a", "1_0" and "+a".
+                if not size_text or size_text.strip(b"0123456789abcdefABCDEF") or len(size_text) > 16:
                     raise HttpError("upstream sent a malformed chunk size")
+                size = int(size_text, 16)
                 self._remaining = size
                 self._state = _CHUNK_DATA if size else _TRAILERS
             elif state == _CHUNK_DATA:
@@ -285,6 +295,8 @@ class _Connection(asyncio.Protocol):
             elif state == _TRAILERS:
                 end = buf.find(b"\r\n")
                 if end < 0:
+                    if len(buf) > _MAX_HEAD:
+                        raise HttpError("upstream trailer section too large")
                     return
                 del buf[: end + 2]
                 if end == 0:  # the blank line that ends the (usually empty) trailer section
@@ -328,13 +340,16 @@ class _Connection(asyncio.Protocol):
             self._decoder = zlib.decompressobj()
         elif encoding != "identity":
             raise HttpError(f"upstream sent an unsupported content-encoding: {encoding}")
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._state = _CHUNK_SIZE
-        elif status in (204, 304):
+        chunked = "chunked" in headers.get("transfer-encoding", "").lower()
+        if status in (204, 304):  # never a body, whatever the headers say
             self._state, self._remaining = _LENGTH, 0
+        elif chunked:
+            self._state = _CHUNK_SIZE
+            if "content-length" in headers:  # both framings: RFC 9112 6.3 says chunked wins, never reuse
+                self._keep_alive = False
         elif "content-length" in headers:
             length = headers["content-length"]
-            if not length.isdigit():
+            if not (length.isascii() and length.isdigit()):  # "²".isdigit() is true
                 raise HttpError("upstream sent a malformed content-length")
             self._state, self._remaining = _LENGTH, int(length)
         else:
@@ -366,6 +381,8 @@ class Response:
 
     async def read(self) -> bytes:
         """The whole body (bounded by the call's deadline, if it has one)."""
+        if self._released:
+            raise HttpError("the response was already closed")
         conn = self._conn
         parts: list[bytes] = []
         try:
@@ -383,6 +400,8 @@ class Response:
     async def next_chunk(self, idle_s: float) -> bytes:
         """The body bytes that arrived since the last call (b"" at the end); a silence longer than
         ``idle_s`` raises ``HttpTimeout``."""
+        if self._released:
+            return b""  # closed (by the end of the body, or by the caller): nothing more to read
         conn = self._conn
         if not (conn.chunks or conn.complete or conn.error is not None):
             conn.watch_idle(idle_s)
@@ -450,35 +469,43 @@ class Http1Client:
         head_s: float,
         total_s: float | None,
     ) -> Response:
-        """Send a POST; return once the response head arrived (within ``head_s``). With ``total_s``
-        the body must also be complete within that many seconds of the start."""
+        """Send a POST; return once the response head arrived (within ``head_s`` of the send). With
+        ``total_s`` the whole exchange, from this call on (a wait for a free slot and the connect
+        included), must also end within ``total_s``. Waiting for a slot and connecting are bounded by
+        ``connect_s``."""
         if self._closed:
             raise HttpError("the upstream client is closed")
         origin, path = self._target(url)
         request = _encode(path, origin, headers, payload)
         loop = asyncio.get_running_loop()
-        await self._slots.acquire()
+        deadline = None if total_s is None else loop.time() + total_s
+        if self._slots.locked():  # every slot busy: wait, boundedly (no timer when one is free)
+            try:
+                await asyncio.wait_for(self._slots.acquire(), connect_s)
+            except TimeoutError:
+                raise HttpTimeout("no free upstream connection within connect_s") from None
+        else:
+            await self._slots.acquire()
         conn: _Connection | None = None
         timer: asyncio.TimerHandle | None = None
         try:
-            conn = self._pooled(origin) or await self._connect(origin, connect_s)
+            conn = self._pooled(origin) or await self._connect(
+                origin, connect_s if deadline is None else min(connect_s, deadline - loop.time())
+            )
             head = conn.begin(loop)
             assert conn.transport is not None
             conn.transport.write(request)
-            limit = head_s if total_s is None else min(head_s, total_s)
-            timer = loop.call_later(limit, conn.fail, HttpTimeout("upstream did not answer in time"))
+            head_at = loop.time() + head_s
+            if deadline is not None and deadline <= head_at:
+                head_at = deadline  # the head's timer is the whole exchange's deadline: it keeps running
+            timer = loop.call_at(head_at, conn.fail, HttpTimeout("upstream did not answer in time"))
             status, response_headers = await head
-            if total_s is None or conn.complete:
+            if deadline is None or conn.complete:
                 timer.cancel()
                 timer = None
-            elif limit != total_s:  # the rest of the body gets what is left of total_s
+            elif head_at != deadline:  # the rest of the body gets what is left of total_s
                 timer.cancel()
-                timer = loop.call_at(
-                    timer.when() - limit + total_s,
-                    conn.fail,
-                    HttpTimeout("upstream timed out sending the body"),
-                )
-            # else: the head's timer is already the whole exchange's deadline: keep it running
+                timer = loop.call_at(deadline, conn.fail, HttpTimeout("upstream timed out sending the body"))
             return Response(status, response_headers, conn, self, timer)
         except BaseException:
             if timer is not None:
@@ -512,7 +539,7 @@ class Http1Client:
             server_hostname=origin.host if origin.ssl is not None else None,
         )
         try:
-            _, conn = await asyncio.wait_for(connect, connect_s)
+            _, conn = await asyncio.wait_for(connect, max(connect_s, 0.001))
         except TimeoutError:
             raise HttpTimeout("upstream connect timed out") from None
         except (OSError, ssl.SSLError) as exc:

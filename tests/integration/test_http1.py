@@ -189,6 +189,9 @@ async def test_status_and_repeated_headers_are_returned(client: Http1Client) -> 
         b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-encoding: br\r\ncontent-length: 0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\ncontent-encoding: gzip\r\ncontent-length: 4\r\n\r\nnope",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0x5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1_0\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: \xb2\r\n\r\n",
     ],
 )
 async def test_malformed_responses_raise_http_error(client: Http1Client, raw: bytes) -> None:
@@ -372,3 +375,53 @@ async def test_a_reply_dropped_without_close_frees_its_slot() -> None:
             assert await asyncio.wait_for(post(http, server.url), 2) == b"z"  # the only slot is free again
     finally:
         await http.close()
+
+
+async def test_no_body_statuses_ignore_framing_headers_and_dual_framing_is_never_reused(
+    client: Http1Client,
+) -> None:
+    no_body = b"HTTP/1.1 204 No Content\r\ntransfer-encoding: chunked\r\n\r\n"
+    dual = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 99\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    async with await serve(keep_alive_server(no_body, dual)) as server:
+        assert await asyncio.wait_for(post(client, server.url), 2) == b""  # no wait for a chunk
+        assert await post(client, server.url) == b"ok"  # chunked wins over content-length
+        assert await post(client, server.url) == b""
+        assert server.connections == 2  # the dual-framed answer closed its connection
+
+
+async def test_waiting_for_a_slot_is_bounded_by_connect_s() -> None:
+    http = Http1Client(max_connections=1)
+    try:
+        async with await serve(keep_alive_server(ok(b"w"))) as server:
+            held = await http.post(server.url, {}, b"{}", connect_s=1, head_s=1, total_s=5)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(HttpTimeout, match="no free upstream connection"):
+                await http.post(server.url, {}, b"{}", connect_s=0.2, head_s=1, total_s=5)
+            assert loop.time() - started < 1
+            assert await held.read() == b"w"  # the slot frees: the next call goes through
+            assert await post(http, server.url) == b"w"
+    finally:
+        await http.close()
+
+
+async def test_a_connection_paused_for_a_slow_reader_is_not_reused(client: Http1Client) -> None:
+    # Just above the 4 MiB at which reading pauses: the read that crosses the mark also ends the body,
+    # so the connection is complete and keep-alive, but paused.
+    big = b"x" * (4 * 1024 * 1024 + 10)
+
+    def bind(scripted: Scripted) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await scripted.read_request(reader)
+                writer.write(ok(big) if len(scripted.requests) == 1 else ok(b"small"))
+                await writer.drain()
+
+        return handler
+
+    async with await serve(bind) as server:
+        response = await client.post(server.url, {}, b"{}", connect_s=1, head_s=1, total_s=None)
+        await asyncio.sleep(0.5)  # a reader that never reads, then gives up
+        response.close()
+        assert await asyncio.wait_for(post(client, server.url), 2) == b"small"
+        assert server.connections == 2
