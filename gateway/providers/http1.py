@@ -417,8 +417,11 @@ class Response:
         # A reply dropped without close() (a bug path) must not hold its slot forever: after
         # max_connections such leaks every request would wait for a slot.
         if not self._released:
-            with contextlib.suppress(Exception):
-                self.close()
+            loop = self._conn._loop
+            with contextlib.suppress(Exception):  # a closed loop: the process is ending anyway
+                if loop is not None and not loop.is_closed():
+                    # Thread-safe: a cyclic collection may run this on any thread.
+                    loop.call_soon_threadsafe(self.close)
 
     def close(self) -> None:
         """Return the connection to the pool if its response was read to the end, else drop it."""
