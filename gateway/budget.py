@@ -258,7 +258,13 @@ class BudgetManager:
         record = {**req.intent, "status": status, "cost_nano": 0, "estimated": False}
         self.pending_settles.append(
             Settlement(
-                team=req.team, lease_id=req.lease_id, cost_nano=0, tokens=0, record=record, now_ms=req.now_ms
+                team=req.team,
+                lease_id=req.lease_id,
+                cost_nano=0,
+                tokens=0,
+                record=record,
+                now_ms=req.now_ms,
+                unanswered=True,
             )
         )
         self._ensure_reconciler()
@@ -478,7 +484,7 @@ class BudgetManager:
             results = await self.store.settle_many(batch)
             for settlement, settled in zip(batch, results, strict=True):
                 self.pending_settles.popleft()
-                if not settled and not _is_release_of_unanswered(settlement):
+                if not settled and not settlement.unanswered:
                     log.warning(
                         "lease %s had already expired into spend; actual cost %s not applied twice",
                         settlement.lease_id,
@@ -587,9 +593,3 @@ class BudgetManager:
         if count:
             self._ensure_reconciler()
         return count
-
-
-def _is_release_of_unanswered(settlement: Settlement) -> bool:
-    """A $0 release queued for a reservation whose answer never came: finding no lease is expected (the
-    script never ran, or denied), not a lease that expired into spend."""
-    return settlement.cost_nano == 0 and settlement.record.get("status") in (499, 503)

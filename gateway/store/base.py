@@ -112,6 +112,9 @@ class Settlement:
     tokens: int
     record: dict[str, Any]  # the complete ledger record
     now_ms: int = 0
+    # The release of a reservation whose answer never came back: finding no lease is expected (the
+    # script never ran, or it denied), not a lease that already expired into spend.
+    unanswered: bool = False
 
 
 @dataclass(slots=True)
