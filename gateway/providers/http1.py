@@ -436,11 +436,17 @@ class Response:
 class Http1Client:
     """Pooled keep-alive connections per origin; at most ``max_connections`` exchanges at once."""
 
-    def __init__(self, max_connections: int = 1024, keepalive_s: float = 15.0) -> None:
+    def __init__(
+        self,
+        max_connections: int = 1024,
+        keepalive_s: float = 15.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._slots = asyncio.Semaphore(max_connections)
         self._keepalive_s = keepalive_s
-        self._ssl: ssl.SSLContext | None = None
+        # Built here, not on the first https call: loading the trust store is blocking file I/O.
+        self._ssl = ssl_context or ssl.create_default_context()
         self._urls: dict[str, tuple[Origin, bytes]] = {}
         self._closed = False
 
@@ -449,11 +455,13 @@ class Http1Client:
         if cached is not None:
             return cached
         parts = urlsplit(url)
+        try:
+            explicit_port = parts.port
+        except ValueError:
+            raise HttpError(f"unsupported upstream URL: {url}") from None
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise HttpError(f"unsupported upstream URL: {url}")
-        if parts.scheme == "https" and self._ssl is None:
-            self._ssl = ssl.create_default_context()
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        port = explicit_port or (443 if parts.scheme == "https" else 80)
         origin = Origin(parts.scheme, parts.hostname, port, self._ssl if parts.scheme == "https" else None)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         target = (origin, path.encode())

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
@@ -331,8 +334,9 @@ async def test_header_injection_and_bad_urls_are_refused(client: Http1Client) ->
         await client.post(
             "http://127.0.0.1:1/x", {"x-a": "1\r\nx-b: 2"}, b"", connect_s=1, head_s=1, total_s=1
         )
-    with pytest.raises(HttpError, match="unsupported upstream URL"):
-        await client.post("ftp://example.com/x", {}, b"", connect_s=1, head_s=1, total_s=1)
+    for url in ("ftp://example.com/x", "http://example.com:99999/x", "http:///x"):
+        with pytest.raises(HttpError, match="unsupported upstream URL"):
+            await client.post(url, {}, b"", connect_s=1, head_s=1, total_s=1)
 
 
 async def test_a_steady_trickle_longer_than_idle_s_does_not_time_out(client: Http1Client) -> None:
@@ -425,3 +429,43 @@ async def test_a_connection_paused_for_a_slow_reader_is_not_reused(client: Http1
         response.close()
         assert await asyncio.wait_for(post(client, server.url), 2) == b"small"
         assert server.connections == 2
+
+
+@pytest.fixture
+def self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+            *("-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"),
+            *("-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def test_https_with_a_trusted_certificate_and_a_refused_untrusted_one(
+    self_signed: tuple[Path, Path],
+) -> None:
+    cert, key = self_signed
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(cert, key)
+    scripted = await serve(keep_alive_server(ok(b'{"tls":true}')))
+    server = await asyncio.start_server(scripted._serve, "127.0.0.1", 0, ssl=server_tls)
+    port = server.sockets[0].getsockname()[1]
+    url = f"https://localhost:{port}/v1/chat/completions"
+    trusting = Http1Client(ssl_context=ssl.create_default_context(cafile=str(cert)))
+    default = Http1Client()  # the system trust store: a self-signed certificate is refused
+    try:
+        assert await post(trusting, url) == b'{"tls":true}'
+        assert await post(trusting, url) == b'{"tls":true}'
+        assert scripted.connections == 1  # TLS connections are pooled too
+        with pytest.raises(HttpError, match="connect failed"):
+            await post(default, url)
+    finally:
+        await trusting.close()
+        await default.close()
+        server.close()
+        await server.wait_closed()
