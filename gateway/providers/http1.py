@@ -30,7 +30,6 @@ from urllib.parse import urlsplit
 
 _MAX_HEAD = 64 * 1024  # a response head larger than this is not an API server talking
 _PAUSE_AT = 4 * 1024 * 1024  # buffered stream bytes at which reading pauses (slow consumer)
-_RESUME_AT = 1024 * 1024
 
 # Parser states.
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
@@ -124,9 +123,6 @@ class _Connection(asyncio.Protocol):
         self._buf.clear()
         self.chunks.clear()
         self._buffered = 0
-        if self._paused and self.transport is not None:  # never reused paused (see reusable): belt and braces
-            self._paused = False
-            self.transport.resume_reading()
         self._decoder = None
         self.complete = False
         self.error = None
@@ -257,7 +253,7 @@ class _Connection(asyncio.Protocol):
             elif state == _LENGTH:
                 take = min(self._remaining, len(buf))
                 if take:
-                    self._emit(bytes(buf[:take]) if take < len(buf) else bytes(buf))
+                    self._emit(bytes(buf[:take]))
                     del buf[:take]
                     self._remaining -= take
                 if self._remaining == 0:
