@@ -41,7 +41,8 @@ from gateway.providers.base import (
 )
 from gateway.routing import OPEN, Router
 
-BodyFor = Callable[[ModelSpec, DeploymentSpec], dict[str, Any]]
+# The body for a deployment, and its JSON when the gateway already has it (an unchanged body).
+BodyFor = Callable[[ModelSpec, DeploymentSpec], tuple[dict[str, Any], bytes | None]]
 _CONTEXT_CODES = frozenset({"context_length_exceeded", "string_above_max_length"})
 
 
@@ -149,9 +150,8 @@ class Dispatcher:
         for deployment in list(model.deployments) if panic else self.router.order(model):
             adapter = self.adapters[deployment.provider.type]
             headers = outgoing_headers(deployment.provider, client_headers, request_id)
-            call = adapter.prepare(
-                inbound, operation, body_for(model, deployment), deployment, stream, headers
-            )
+            body, encoded = body_for(model, deployment)
+            call = adapter.prepare(inbound, operation, body, deployment, stream, headers, encoded=encoded)
             for attempt in range(retry.max_attempts):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -14,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, Literal
 
 from gateway import jsonutil
@@ -85,6 +86,9 @@ class RequestContext:
     cache_model: str = ""
     cache_vary: dict[str, str] | None = None  # forwarded client headers: part of the cache key
     cache_lead: tuple[str, str] | None = None  # (namespace, key) this request leads for its peers
+    # ``body`` re-encoded by the edge (never the client's raw bytes: a duplicate key would let the
+    # upstream read another model or cap than the gateway checked). Sent as-is when nothing changes.
+    encoded_body: bytes = b""
 
 
 @dataclass(slots=True)
@@ -92,6 +96,15 @@ class Reply:
     status: int
     body: bytes
     headers: dict[str, str]
+    # The bookkeeping the answer does not depend on (settle, ledger, cache fill, metrics). The edge runs
+    # it once the response is written, so the client never waits for it, and runs it whatever happens
+    # to the write: the reservation is settled on every path.
+    after: Callable[[], None] | None = None
+
+    def finish(self) -> None:
+        after, self.after = self.after, None
+        if after is not None:
+            after()
 
 
 @dataclass(slots=True)
@@ -166,9 +179,7 @@ class Pipeline:
             if ctx.reservation is not None and not ctx.forwarded:  # nothing reached a provider: $0
                 self._release(ctx, time.perf_counter(), _failure_status(exc), upstream=False)
             raise
-        if isinstance(result, Reply):
-            self._end_lead(ctx)  # a stream ends its lead when it finishes
-        return result
+        return result  # a Reply's bookkeeping, or a stream's end, ends its cache lead
 
     def _end_lead(self, ctx: RequestContext) -> None:
         """Wake identical requests waiting on this one (with nothing, if it failed) and drop the lock."""
@@ -301,11 +312,21 @@ class Pipeline:
         if ctx.cache_lead is not None:  # wake identical requests waiting in this process
             self.cache.finish(ctx.cache_lead[1], entry)
             ctx.cache_lead = None
-        usage = Usage(**{k: v for k, v in entry.usage.items() if k in Usage.__slots__})
         deployment = next(
             (d for d in model.deployments if d.logical == entry.served_model), model.deployments[0]
         )
         ctx.served = deployment
+        headers = self._headers(ctx, deployment)
+        book = partial(self._book_hit, ctx, deployment, entry)
+        if ctx.stream:
+            book()
+            events = replay_stream(entry, ctx.client_wants_usage)
+            return StreamReply(headers=headers, chunks=_iterate(events, _cost_comment(0)))
+        return Reply(200, replay_body(entry), headers, after=book)
+
+    def _book_hit(self, ctx: RequestContext, deployment: DeploymentSpec, entry: CacheEntry) -> None:
+        assert ctx.principal is not None
+        usage = Usage(**{k: v for k, v in entry.usage.items() if k in Usage.__slots__})
         # What the answer cost when it was made, on the deployment and at the prices that made it: the
         # model's first deployment may be priced differently (and prices change while entries live).
         saved = entry.cost_nano
@@ -316,12 +337,7 @@ class Pipeline:
             self.budget.submit(ctx.reservation, 0, 0, record)
         else:
             self.budget.submit_record(ctx.principal.team.name, record, 0, 0, [])
-        headers = self._headers(ctx, deployment)
         self._observe(ctx, 200)
-        if ctx.stream:
-            events = replay_stream(entry, ctx.client_wants_usage)
-            return StreamReply(headers=headers, chunks=_iterate(events, _cost_comment(0)))
-        return Reply(200, replay_body(entry), headers)
 
     # ------------------------------------------------------------------ budget
 
@@ -463,14 +479,14 @@ class Pipeline:
         body_cap = client_max_tokens(ctx.body, ctx.inbound)
         inject = ctx.operation != "embeddings" and (body_cap is None or out_cap < body_cap)
 
-        def body_for(model: ModelSpec, deployment: DeploymentSpec) -> dict[str, Any]:
+        def body_for(model: ModelSpec, deployment: DeploymentSpec) -> tuple[dict[str, Any], bytes | None]:
             if not inject:
-                return ctx.body
+                return ctx.body, ctx.encoded_body or None
             body = dict(ctx.body)
             cap = min(out_cap, deployment.max_output_tokens)
             for field_name in output_cap_fields(body, ctx.inbound):
                 body[field_name] = cap
-            return body
+            return body, None
 
         upstream_started = time.perf_counter()
         try:
@@ -586,23 +602,32 @@ class Pipeline:
         ctx.upstream_s = time.perf_counter() - upstream_started
         if usage is None:
             usage = self._estimate_usage(ctx, sent, "".join(body_texts(parsed)))
-        self._settle(ctx, sent, usage, 200)
-        if cache is not None and cache.write:
-            entry = CacheEntry(
-                kind="body",
-                wire=_wire(ctx.inbound),
-                operation=ctx.operation,
-                body=data,
-                events=[],
-                usage=usage.as_dict(),
-                served_model=sent.model.name,
-                created_ms=int(time.time() * 1000),
-                cost_nano=ctx.cost_nano or 0,
-            )
-            self._cache_write(ctx, cache, sent.model.name, entry)
+        ctx.cost_nano = cost_nano(usage, sent.deployment.rates)  # the response's cost header needs it
         headers = self._headers(ctx, sent.deployment)
-        self._observe(ctx, 200)
-        return Reply(200, data, headers)
+        return Reply(200, data, headers, after=partial(self._book_body, ctx, sent, usage, cache, data))
+
+    def _book_body(
+        self, ctx: RequestContext, sent: Dispatched, usage: Usage, cache: CacheDecision | None, data: bytes
+    ) -> None:
+        """A non-streamed answer's bookkeeping, once the client has it."""
+        try:
+            self._settle(ctx, sent, usage, 200, ctx.cost_nano or 0)
+            if cache is not None and cache.write:
+                entry = CacheEntry(
+                    kind="body",
+                    wire=_wire(ctx.inbound),
+                    operation=ctx.operation,
+                    body=data,
+                    events=[],
+                    usage=usage.as_dict(),
+                    served_model=sent.model.name,
+                    created_ms=int(time.time() * 1000),
+                    cost_nano=ctx.cost_nano or 0,
+                )
+                self._cache_write(ctx, cache, sent.model.name, entry)
+        finally:
+            self._end_lead(ctx)  # a no-op after a cache write; wakes waiting peers otherwise
+            self._observe(ctx, 200)
 
     def _relay(
         self, ctx: RequestContext, sent: Dispatched, upstream_started: float, cache: CacheDecision | None
@@ -649,7 +674,7 @@ class Pipeline:
             usage = relay.usage if relay.completed and relay.usage is not None else None
             if usage is None:
                 usage = self._estimate_usage(ctx, sent, relay.delivered_text(), reported=relay.usage)
-            self._settle(ctx, sent, usage, status)
+            self._settle(ctx, sent, usage, status, cost_nano(usage, sent.deployment.rates))
             if recorded is not None and status == 200 and relay.completed and cache is not None:
                 entry = CacheEntry(
                     kind="stream",
@@ -694,10 +719,9 @@ class Pipeline:
             estimated=True,
         )
 
-    def _settle(self, ctx: RequestContext, sent: Dispatched, usage: Usage, status: int) -> None:
+    def _settle(self, ctx: RequestContext, sent: Dispatched, usage: Usage, status: int, cost: int) -> None:
         assert ctx.principal is not None and ctx.reservation is not None
         deployment = sent.deployment
-        cost = cost_nano(usage, deployment.rates)
         ctx.cost_nano = cost
         requested = self.config.models.get(ctx.requested_model)
         # What the requested model would have cost: only a route to another model changes the price;

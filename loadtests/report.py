@@ -41,6 +41,10 @@ def _sub(a: float | None, b: float | None) -> float | None:
     return None if a is None or b is None else round(a - b, 4)
 
 
+def _count(n: int | None) -> str:
+    return "—" if n is None else f"{n:,}"
+
+
 def _ratio(a: float | None, b: float | None) -> float | None:
     return None if a is None or not b else round(a / b, 3)
 
@@ -93,15 +97,20 @@ def derive_scenario(s: Result, target_core: str | None = None) -> Result:
         out["direct_aux_core_util"] = aux_core_util(tp.get("direct"))
         out["others_on_gateway_core"] = others_on_core(tp.get("gateway"), target_core)
         out["gateway_core_steal"] = _get(tp, "gateway", "cores", target_core or "", "steal")
-    for prefix, runs in (("stream", st), ("stream_c1", m.get("streams_c1", {}))):
+    c1_ttfb = m.get("ttfb_c1", {})
+    for prefix, runs in (("stream", st), ("stream_c1", m.get("streams_c1", {})), ("ttfb_c1", c1_ttfb)):
         if "gateway" in runs and "direct" in runs:
             for metric in ("ttfb_ms", "gap_ms"):
                 for p in ("p50", "p99", "p99.9"):
                     out[f"{prefix}_added_{metric[:-3]}_{p}_ms"] = _sub(
                         _get(runs, "gateway", metric, p), _get(runs, "direct", metric, p)
                     )
+    if "gateway" in c1_ttfb and "direct" in c1_ttfb:
+        # One stream's TTFB comes from the short streams (hundreds of samples) when they were measured.
+        for p in ("p50", "p99", "p99.9"):
+            out[f"stream_c1_added_ttfb_{p}_ms"] = out[f"ttfb_c1_added_ttfb_{p}_ms"]
     if "gateway" in st and "direct" in st:
-        runs = [st["gateway"], _get(m, "streams_c1", "gateway") or {}]
+        runs = [st["gateway"], _get(m, "streams_c1", "gateway") or {}, _get(m, "ttfb_c1", "gateway") or {}]
         out["stream_failed_streams"] = sum(
             int(g.get("stalls", 0)) + int(g.get("error_count", 0)) for g in runs
         )
@@ -111,6 +120,16 @@ def derive_scenario(s: Result, target_core: str | None = None) -> Result:
         out["idle_rss_mb_per_worker"] = _get(s, "processes", "gateway", "after_traffic", "rss_max_mb")
     if s.get("kind") == "soak":
         out["soak_rss_growth_pct"] = s.get("rss_growth_pct")
+    ins = m.get("instructions", {})
+    if "gateway" in ins and "minimal" in ins:
+        gw, mini = (
+            _get(ins, "gateway", "instructions_per_request"),
+            _get(ins, "minimal", "instructions_per_request"),
+        )
+        out["instructions_per_request"] = gw
+        out["minimal_instructions_per_request"] = mini
+        # The throughput ratio the instruction counts predict if the kernel's share were zero.
+        out["instructions_minimal_over_gateway"] = _ratio(mini, gw)
     return out
 
 
@@ -321,8 +340,26 @@ def _scenario(name: str, s: Result) -> list[str]:
     )
     lines.append("")
     m = s.get("measurements", {})
+    if "instructions" in m:
+        lines += [
+            "| target | instructions per request | requests measured |",
+            "|---|--:|--:|",
+            *(
+                f"| {t} | {_count(r.get('instructions_per_request'))} | {_count(r.get('ok'))} |"
+                for t, r in m["instructions"].items()
+            ),
+            "",
+        ]
+        return [*lines, ""]
     if "streams_c1" in m:
         lines += ["One stream at a time:", "", *_stream_table(s, m["streams_c1"]), ""]
+    if "ttfb_c1" in m:
+        lines += [
+            "One short stream at a time (2 output tokens; the one-stream TTFB target is read here):",
+            "",
+            *_stream_table(s, m["ttfb_c1"]),
+            "",
+        ]
     if "streams" in m:
         if "streams_c1" in m:
             lines += ["256 concurrent streams:", ""]

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ SCEN = HERE / "scenarios"
 CONFIGS = HERE / "configs"
 STREAM_PACING_MS = 20
 STREAM_CONCURRENCY = 256
+STREAM_TTFB_BODY = "chat_300_stream_ttfb.json"  # 2 output tokens: many short streams, one at a time
 THROUGHPUT_CONNECTIONS = 16
 
 DEFAULT_GATEWAY_CMD = (
@@ -84,7 +85,7 @@ class ScenarioSpec:
     config: str = "full.yaml"
     keys: tuple[str, ...] = ("--key", "sk-demo")
     upstream: str = "static"  # "static" (nginx or mock, no delay) or "paced" (mock, 20 ms chunks)
-    kind: str = "compare"  # compare | stream | workers | idle | soak
+    kind: str = "compare"  # compare | stream | workers | idle | soak | instructions
 
 
 MANY_KEYS = ("--key-prefix", "sk-load-", "--key-count", "1000")
@@ -131,6 +132,13 @@ SCENARIOS: dict[str, ScenarioSpec] = {
         ScenarioSpec(
             "soak", "open loop at 50% of max throughput, RSS sampled every 10 s", "chat_300.json", kind="soak"
         ),
+        ScenarioSpec(
+            "instructions",
+            "CPU instructions per request (callgrind), cache miss, every feature on, c=16: gateway vs the "
+            "minimal proxy, a count that does not move with the machine's noise",
+            "chat_300.json",
+            kind="instructions",
+        ),
     )
 }
 DEFAULT_ORDER = [
@@ -141,6 +149,7 @@ DEFAULT_ORDER = [
     "large_prompt",
     "workers2",
     "idle_rss",
+    "instructions",
 ]
 
 
@@ -154,13 +163,27 @@ class Durations:
     idle_wait: float
     stream_tokens: int
     soak_sample_s: float = 10.0
+    instructions: float = 10.0  # the measured window under callgrind (~30x slower than native)
 
     @classmethod
     def pick(cls, quick: bool, override: float | None) -> Durations:
-        d = cls(2, 2, 3, 1, 0, 1, 25) if quick else cls(10, 15, 20, 2, 2, 10, 50)
+        d = cls(2, 2, 3, 1, 0, 1, 25, instructions=4) if quick else cls(10, 15, 20, 2, 2, 10, 50)
         if override:
             d.c1 = d.throughput = d.stream = override
         return d
+
+
+def _callgrind_total(base: Path, pid: int, wait_s: float = 60) -> int:
+    """The instruction total of the newest dump callgrind wrote for ``pid`` (``base.N`` files)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        dumps = sorted(base.parent.glob(base.name + ".*"), key=lambda p: p.stat().st_mtime)
+        for dump in reversed(dumps):
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith("totals:"):
+                    return int(line.split()[1])
+        time.sleep(0.5)
+    raise RuntimeError(f"callgrind wrote no dump for pid {pid} under {base}")
 
 
 # --------------------------------------------------------------------------- the run
@@ -252,8 +275,15 @@ class Run:
         return env
 
     def start_gateway(
-        self, spec: ScenarioSpec, upstream: str, workers: int = 1, cpus: str | None = None
+        self,
+        spec: ScenarioSpec,
+        upstream: str,
+        workers: int = 1,
+        cpus: str | None = None,
+        wrap: Sequence[str] = (),
+        ready_s: float = 90,
     ) -> Child:
+        """``wrap``: a command prefix (valgrind), with ``ready_s`` to match its slower start."""
         template = self.args.gateway_cmd or DEFAULT_GATEWAY_CMD
         config = self.args.configs_dir / spec.config
         if "{config}" in template and not config.exists():
@@ -269,20 +299,19 @@ class Run:
         )
         child = self.sup.start(
             f"gateway-{spec.name}-w{workers}",
-            argv,
+            [*wrap, *argv],
             cpus or self.pin.target,
             env=self.gateway_env(upstream),
             port=port,
         )
-        self.sup.wait_ready(child, http_ok(port), 90)
+        self.sup.wait_ready(child, http_ok(port), ready_s)
         return child
 
-    def start_minimal(self, name: str, upstream: str) -> Child:
+    def start_minimal(self, name: str, upstream: str, wrap: Sequence[str] = (), ready_s: float = 30) -> Child:
         port = self.sup.free_port()
-        child = self.sup.start(
-            f"minimal-{name}", self.fmt(MINIMAL_CMD, port=port, upstream=upstream), self.pin.target, port=port
-        )
-        self.sup.wait_ready(child, http_ok(port), 30)
+        argv = [*wrap, *self.fmt(MINIMAL_CMD, port=port, upstream=upstream)]
+        child = self.sup.start(f"minimal-{name}", argv, self.pin.target, port=port)
+        self.sup.wait_ready(child, http_ok(port), ready_s)
         return child
 
     def start_peer(self, name: str, upstream: str) -> Child | None:
@@ -323,6 +352,7 @@ class Run:
         extra: list[str],
         watch: dict[str, int],
         timeout: float,
+        body: str | None = None,
     ) -> dict[str, Any]:
         out = self.workdir / f"loadgen-{label}.json"
         argv = [
@@ -331,7 +361,7 @@ class Run:
             "--url",
             url + "/v1/chat/completions",
             "--scenario",
-            str(SCEN / spec.body),
+            str(SCEN / (body or spec.body)),
             "--out",
             str(out),
             *spec.keys,
@@ -378,7 +408,13 @@ class Run:
         return self.loadgen(label, url, spec, extra, watch, duration + warmup + 120)
 
     def stream(
-        self, label: str, url: str, spec: ScenarioSpec, watch: dict[str, int], concurrency: int
+        self,
+        label: str,
+        url: str,
+        spec: ScenarioSpec,
+        watch: dict[str, int],
+        concurrency: int,
+        body: str | None = None,
     ) -> dict[str, Any]:
         stream_s = self.dur.stream_tokens * STREAM_PACING_MS / 1000
         extra = [
@@ -398,7 +434,7 @@ class Run:
             "python",
         ]
         return self.loadgen(
-            label, url, spec, extra, watch, self.dur.stream + self.dur.warmup + stream_s + 120
+            label, url, spec, extra, watch, self.dur.stream + self.dur.warmup + stream_s + 120, body
         )
 
     # ---- scenarios
@@ -436,6 +472,11 @@ class Run:
                     # 12,800 chunks/s) dominates the tail of every target, direct included.
                     m.setdefault("streams_c1", {})[name] = self.stream(
                         f"{spec.name}-{name}-c1", url, spec, watch, 1
+                    )
+                    # Time to first byte needs more samples than a window of 1 s streams gives (20 s:
+                    # 20 streams, so "p99" is the maximum): short streams, one at a time, ~300 of them.
+                    m.setdefault("ttfb_c1", {})[name] = self.stream(
+                        f"{spec.name}-{name}-ttfb", url, spec, watch, 1, body=STREAM_TTFB_BODY
                     )
                     m.setdefault("streams", {})[name] = self.stream(
                         f"{spec.name}-{name}", url, spec, watch, STREAM_CONCURRENCY
@@ -603,6 +644,56 @@ class Run:
                 parts.append(text + (f" errors {r['errors']}" if r["error_count"] else ""))
         print(f"  {scenario:<13} {target:<11} " + " | ".join(parts), flush=True)
 
+    def run_instructions(self, spec: ScenarioSpec) -> dict[str, Any]:
+        """CPU instructions per request, counted by callgrind: the same count for the same code and
+        inputs however busy the machine is, so it compares code where req/s on a shared 2-core VM
+        moves by 10-20 % between runs. User-space only (the kernel's socket work is not counted)."""
+        _, up_url, impl = self.upstream(spec.upstream)
+        result: dict[str, Any] = {"upstream": impl, "measurements": {"instructions": {}}}
+        if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+            self.note("instructions: valgrind is not installed (apt-get install -y valgrind); skipped")
+            result["skipped"] = "valgrind not installed"
+            return result
+        for name in ("minimal", "gateway"):
+            dump = self.workdir / f"callgrind-{name}.out"
+            wrap = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={dump}"]
+            if name == "gateway":
+                child = self.start_gateway(spec, up_url, wrap=wrap, ready_s=600)
+            else:
+                child = self.start_minimal(spec.name, up_url, wrap=wrap, ready_s=600)
+            try:
+                url = f"http://{HOST}:{child.port}"
+                # Unmeasured traffic first: valgrind translates code on first use, and the caches and
+                # pools fill; then the counters are zeroed and switched on for the measured window only.
+                self.closed(f"{spec.name}-{name}-warm", url, spec, THROUGHPUT_CONNECTIONS, 5, {}, warmup=0)
+                control = ["callgrind_control"]
+                for command in (["-z"], ["-i", "on"]):
+                    subprocess.run([*control, *command, str(child.pid)], check=True, capture_output=True)
+                m = self.closed(
+                    f"{spec.name}-{name}",
+                    url,
+                    spec,
+                    THROUGHPUT_CONNECTIONS,
+                    self.dur.instructions,
+                    {},
+                    warmup=0,
+                )
+                for command in (["-i", "off"], ["-d"]):
+                    subprocess.run([*control, *command, str(child.pid)], check=True, capture_output=True)
+                total = _callgrind_total(dump, child.pid)
+                ok = int(m.get("ok") or 0)
+                m["instructions"] = total
+                m["instructions_per_request"] = round(total / ok) if ok else None
+                result["measurements"]["instructions"][name] = m
+                print(
+                    f"  {spec.name:<13} {name:<11} {m['instructions_per_request']} instructions per request "
+                    f"({ok} requests)",
+                    flush=True,
+                )
+            finally:
+                self.sup.stop(child)
+        return result
+
     def run_scenario(self, name: str) -> dict[str, Any]:
         spec = SCENARIOS[name]
         self.flush_redis()
@@ -612,6 +703,7 @@ class Run:
             "workers": self.run_workers,
             "idle": self.run_idle,
             "soak": self.run_soak,
+            "instructions": self.run_instructions,
         }[spec.kind]
         t0 = time.monotonic()
         print(f"[{name}] {spec.what}", flush=True)

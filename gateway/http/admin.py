@@ -57,7 +57,7 @@ def admin(handler: Handler) -> Handler:
 @admin
 async def create_key(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    body = await read_json(request, 64 * 1024)
+    body, _ = await read_json(request, 64 * 1024)
     team, name = body.get("team"), body.get("name", "")
     if not isinstance(team, str) or team not in gateway.config.teams:
         raise InvalidRequest(f"unknown team {team!r}", param="team")

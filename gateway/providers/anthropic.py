@@ -22,8 +22,11 @@ class AnthropicAdapter:
         deployment: DeploymentSpec,
         stream: bool,
         headers: dict[str, str],
+        encoded: bytes | None = None,
     ) -> UpstreamCall:
         provider = deployment.provider
+        if encoded is not None and (inbound != "anthropic" or body.get("model") != deployment.upstream_model):
+            encoded = None  # the upstream's body differs from the client's
         if operation != "chat":
             raise InvalidRequest(
                 f"model {deployment.logical!r} is served by Anthropic, which has no {operation} endpoint",
@@ -36,7 +39,7 @@ class AnthropicAdapter:
                 )
             except TranslationError as exc:
                 raise InvalidRequest(str(exc), param=exc.param) from exc
-        else:
+        elif encoded is None:
             body = dict(body)
             body["model"] = deployment.upstream_model
         headers = {"anthropic-version": ANTHROPIC_VERSION, **headers}
@@ -45,7 +48,7 @@ class AnthropicAdapter:
         return UpstreamCall(
             url=f"{provider.base_url}/v1/messages",
             headers=headers,
-            payload=jsonutil.dumps(body),
+            payload=jsonutil.dumps(body) if encoded is None else encoded,
             wire="anthropic",
             stream=stream,
         )

@@ -89,7 +89,11 @@ class Adapter(Protocol):
         deployment: DeploymentSpec,
         stream: bool,
         headers: dict[str, str],
-    ) -> UpstreamCall: ...
+        encoded: bytes | None = None,
+    ) -> UpstreamCall:
+        """``encoded``: the JSON of ``body`` when the caller has it already; sent as-is when the
+        upstream needs exactly that body (same wire, same model name, nothing added)."""
+        ...
 
     def error_from(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamStatusError: ...
 

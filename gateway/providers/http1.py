@@ -505,14 +505,14 @@ class Http1Client:
             head_at = loop.time() + head_s
             if deadline is not None and deadline <= head_at:
                 head_at = deadline  # the head's timer is the whole exchange's deadline: it keeps running
-            timer = loop.call_at(head_at, conn.fail, HttpTimeout("upstream did not answer in time"))
+            timer = loop.call_at(head_at, _time_out, conn, _HEAD_LATE)  # the error is built only if it fires
             status, response_headers = await head
             if deadline is None or conn.complete:
                 timer.cancel()
                 timer = None
             elif head_at != deadline:  # the rest of the body gets what is left of total_s
                 timer.cancel()
-                timer = loop.call_at(deadline, conn.fail, HttpTimeout("upstream timed out sending the body"))
+                timer = loop.call_at(deadline, _time_out, conn, _BODY_LATE)
             return Response(status, response_headers, conn, self, timer)
         except BaseException:
             if timer is not None:
@@ -581,6 +581,14 @@ class Http1Client:
             while idle:
                 self._discard(idle.pop())
         self._idle.clear()
+
+
+_HEAD_LATE = "upstream did not answer in time"
+_BODY_LATE = "upstream timed out sending the body"
+
+
+def _time_out(conn: _Connection, message: str) -> None:
+    conn.fail(HttpTimeout(message))
 
 
 def _encode(path: bytes, origin: Origin, headers: dict[str, str], payload: bytes) -> bytes:

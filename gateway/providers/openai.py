@@ -17,6 +17,11 @@ from gateway.providers.translate import TranslationError, anthropic_messages_to_
 _PATHS = {"chat": "chat/completions", "text_completion": "completions", "embeddings": "embeddings"}
 
 
+def _asks_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 class OpenAIAdapter:
     def prepare(
         self,
@@ -26,17 +31,25 @@ class OpenAIAdapter:
         deployment: DeploymentSpec,
         stream: bool,
         headers: dict[str, str],
+        encoded: bytes | None = None,
     ) -> UpstreamCall:
         provider = deployment.provider
+        if encoded is not None and (
+            inbound != "openai"
+            or provider.type == "azure"  # the model goes in the URL, not the body
+            or body.get("model") != deployment.upstream_model
+            or (stream and not _asks_usage(body))
+        ):
+            encoded = None  # the upstream's body differs from the client's
         if inbound == "anthropic":
             try:
                 body = anthropic_messages_to_openai_request(body, deployment.upstream_model)
             except TranslationError as exc:
                 raise InvalidRequest(str(exc), param=exc.param) from exc
-        else:
+        elif encoded is None:
             body = dict(body)
             body["model"] = deployment.upstream_model
-        if stream:
+        if stream and encoded is None:
             # Ask for the final usage chunk; the relay hides it from clients that did not ask.
             options = body.get("stream_options")
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
@@ -53,9 +66,8 @@ class OpenAIAdapter:
             url = f"{provider.base_url}/{path}"
             if provider.api_key:
                 headers["authorization"] = f"Bearer {provider.api_key}"
-        return UpstreamCall(
-            url=url, headers=headers, payload=jsonutil.dumps(body), wire="openai", stream=stream
-        )
+        payload = jsonutil.dumps(body) if encoded is None else encoded
+        return UpstreamCall(url=url, headers=headers, payload=payload, wire="openai", stream=stream)
 
     def error_from(self, status: int, body: bytes, headers: dict[str, str]) -> UpstreamStatusError:
         message, parsed, code = error_message(body)
