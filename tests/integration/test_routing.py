@@ -258,6 +258,20 @@ def test_the_gateway_skips_a_model_whose_window_is_too_small(gw: GatewayProc, mo
     assert code == 200 and hdrs["x-gateway-model"] == "small-window"
 
 
+def test_a_prompt_that_may_fit_is_sent_and_the_providers_overflow_moves_on(
+    gw: GatewayProc, mock: MockProvider
+) -> None:
+    """57 tokens in 60 bytes (an unusually dense prompt, 0.95 tokens per byte) for a 50-token window:
+    under 1.5 bytes per window token the gateway does not count (that costs every long prompt
+    milliseconds); the provider's context-length 400 moves the request to the fallback instead."""
+    dense = [{"role": "user", "content": "\u01c5" * 25}]
+    before = upstream_requests(mock)
+    code, body, hdrs = chat(gw, "small-window", {"x-mock-context-window": "50"}, messages=dense)
+    assert code == 200, body
+    assert hdrs["x-gateway-model"] == "big-window"
+    assert upstream_requests(mock) - before == 2  # small-window's rejected call, then big-window
+
+
 def test_a_prompt_that_fits_no_model_is_a_context_error(gw: GatewayProc, mock: MockProvider) -> None:
     before = upstream_requests(mock)
     code, body, _ = chat(gw, "small-only", messages=[{"role": "user", "content": LONG_TEXT}])
