@@ -75,6 +75,10 @@ class CacheEntry:
 
 # ---------------------------------------------------------------- encoding
 
+# Once, not per entry: dataclasses.fields() rebuilds its tuple on every call.
+_ENTRY_FIELDS = tuple(f.name for f in fields(CacheEntry))
+_USAGE_FIELDS = frozenset(f.name for f in fields(Usage))
+
 
 def encode_entry(entry: CacheEntry, compress_min_bytes: int) -> bytes:
     """MAGIC + flag byte + orjson payload, zlib-compressed when at least ``compress_min_bytes`` long.
@@ -82,7 +86,7 @@ def encode_entry(entry: CacheEntry, compress_min_bytes: int) -> bytes:
     Bytes travel as latin-1 strings: a lossless byte <-> code point mapping that keeps mostly-ASCII JSON
     nearly 1:1 and compressible, where base64 would add a third and scramble what zlib can match.
     """
-    record = {f.name: getattr(entry, f.name) for f in fields(entry)}
+    record = {name: getattr(entry, name) for name in _ENTRY_FIELDS}
     record["body"] = entry.body.decode("latin-1")
     record["events"] = [event.decode("latin-1") for event in entry.events]
     payload = jsonutil.dumps(record)
@@ -117,7 +121,7 @@ def _entry_from_fields(raw: Any) -> CacheEntry:
             raise ValueError(f"cache entry field {name!r} is not a {expected.__name__}")
     if not all(isinstance(event, str) for event in raw["events"]):
         raise ValueError("cache entry events must be strings")
-    values = {f.name: raw[f.name] for f in fields(CacheEntry)}
+    values = {name: raw[name] for name in _ENTRY_FIELDS}
     # str.encode raises UnicodeEncodeError (a ValueError) for code points a latin-1 string cannot hold
     values["body"] = raw["body"].encode("latin-1")
     values["events"] = [event.encode("latin-1") for event in raw["events"]]
@@ -134,8 +138,7 @@ def is_openai_usage_chunk(data: JSONDict) -> bool:
 
 
 def _usage(entry: CacheEntry) -> Usage:
-    known = {f.name for f in fields(Usage)}
-    return Usage(**{key: value for key, value in entry.usage.items() if key in known})
+    return Usage(**{key: value for key, value in entry.usage.items() if key in _USAGE_FIELDS})
 
 
 def _parse_events(events: Iterable[bytes]) -> Iterator[tuple[str | None, JSONDict]]:

@@ -25,7 +25,7 @@ from gateway.auth import Authenticator
 from gateway.budget import Ask, BudgetManager, Reservation
 from gateway.cache import CacheDecision, ResponseCache, cache_key, decide
 from gateway.cache_codec import CacheEntry, replay_body, replay_stream
-from gateway.config.runtime import Config, DeploymentSpec, ModelSpec, Principal
+from gateway.config.runtime import Config, DeploymentSpec, ModelSpec, Principal, highest_rates
 from gateway.dispatch import Dispatched, Dispatcher
 from gateway.errors import BudgetExceeded, GatewayError, ModelNotFound, PolicyDenied
 from gateway.metering import ledger
@@ -115,15 +115,9 @@ class StreamReply:
 
 def max_rates(models: list[ModelSpec]) -> Rates:
     """Element-wise maximum over every deployment the request may land on: a strict bound."""
-    deps = [d for m in models for d in m.deployments]
-    return Rates(
-        input=max(d.rates.input for d in deps),
-        cached_input=max(d.rates.cached_input for d in deps),
-        cache_write=max(d.rates.cache_write for d in deps),
-        output=max(d.rates.output for d in deps),
-        reasoning=max(d.rates.reasoning for d in deps),
-        provider="*",
-    )
+    if len(models) == 1:
+        return models[0].max_rates
+    return highest_rates([m.max_rates for m in models])
 
 
 class Pipeline:

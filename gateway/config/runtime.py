@@ -49,14 +49,29 @@ class ModelSpec:
     operation: str  # chat | text_completion | embeddings
     strategy: str
     deployments: tuple[DeploymentSpec, ...]
+    # Derived once, read per request: the largest window and output cap of any deployment, and the
+    # element-wise highest rates (a strict cost bound wherever the request lands).
+    context_window: int = field(init=False, compare=False)
+    max_output_tokens: int = field(init=False, compare=False)
+    max_rates: Rates = field(init=False, compare=False)
 
-    @property
-    def context_window(self) -> int:
-        return max(d.context_window for d in self.deployments)
+    def __post_init__(self) -> None:
+        deps = self.deployments
+        object.__setattr__(self, "context_window", max((d.context_window for d in deps), default=0))
+        object.__setattr__(self, "max_output_tokens", max((d.max_output_tokens for d in deps), default=0))
+        object.__setattr__(self, "max_rates", highest_rates([d.rates for d in deps]))
 
-    @property
-    def max_output_tokens(self) -> int:
-        return max(d.max_output_tokens for d in self.deployments)
+
+def highest_rates(rates: list[Rates]) -> Rates:
+    """Element-wise maximum: a strict bound over every rate card in the list (zero for none)."""
+    return Rates(
+        input=max((r.input for r in rates), default=0),
+        cached_input=max((r.cached_input for r in rates), default=0),
+        cache_write=max((r.cache_write for r in rates), default=0),
+        output=max((r.output for r in rates), default=0),
+        reasoning=max((r.reasoning for r in rates), default=0),
+        provider="*",
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ timeouts surface as ``StoreError``; the budget layer applies the team's ``on_sto
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from importlib import resources
 from typing import Any
@@ -64,6 +65,11 @@ _UNLOCK_OWNED = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call
 
 def _k(team: str, suffix: str) -> str:
     return f"gw:{{{team}}}:{suffix}"
+
+
+@functools.lru_cache(maxsize=4096)  # teams come from the config: a bounded set, built twice per request
+def _team_keys(team: str) -> tuple[str, ...]:
+    return (_k(team, "budget"), _k(team, "lease_exp"), _k(team, "leases"), _k(team, "ledger"))
 
 
 class RedisStore:
@@ -170,8 +176,8 @@ class RedisStore:
 
     # ------------------------------------------------------------------ budgets
 
-    def _team_keys(self, team: str) -> list[str]:
-        return [_k(team, "budget"), _k(team, "lease_exp"), _k(team, "leases"), _k(team, "ledger")]
+    def _team_keys(self, team: str) -> tuple[str, ...]:
+        return _team_keys(team)
 
     async def reserve(self, req: ReserveRequest) -> ReserveResult:
         keys, args = self._reserve_call(req)
@@ -325,7 +331,7 @@ class RedisStore:
         return keys, args
 
     async def expire_leases(self, team: str, now_ms: int, limit: int = 100) -> int:
-        return int(await self._call(self._expire, self._team_keys(team), [now_ms, limit]))
+        return int(await self._call(self._expire, list(self._team_keys(team)), [now_ms, limit]))
 
     async def scope_usage(self, team: str, scopes: list[ScopeLimit]) -> dict[str, ScopeUsage]:
         fields = [f"{s.counter}|{f}" for s in scopes for f in ("sn", "st", "rn", "rt", "dn", "rq")]

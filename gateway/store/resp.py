@@ -230,7 +230,17 @@ class RespClient:
             (future,) = proto.send(pack(commands[0]), 1)
             return [await future]
         futures = proto.send(b"".join([pack(c) for c in commands]), len(commands))
-        return list(await asyncio.gather(*futures))
+        # Replies come in order: awaiting each in turn suspends once, and skips gather's wrapper future
+        # and per-future callbacks. Like gather, the first failure raises; the rest are consumed.
+        results = []
+        try:
+            for future in futures:
+                results.append(await future)
+        except BaseException:
+            for future in futures:
+                future.add_done_callback(_ignore_outcome)
+            raise
+        return results
 
     async def close(self) -> None:
         self._closed = True

@@ -15,7 +15,11 @@ from gateway.observability.logging import AccessLog
 
 FIXED = {"level": "info", "logger": "gateway.access", "msg": "request"}
 values = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.text(), st.floats(allow_nan=False)
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**63), 2**63 - 1),
+    st.text(),
+    st.floats(allow_nan=False, allow_infinity=False),
 )
 fields = st.dictionaries(st.text().filter(lambda k: k not in FIXED and k != "ts"), values, max_size=6)
 
