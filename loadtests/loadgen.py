@@ -385,6 +385,11 @@ def run_wrk(
             LOADGEN_KEYS=str(files["keys"]),
             LOADGEN_NONCE=factory.nonce.decode(),
             LOADGEN_STATUS="1",
+            LOADGEN_HEADERS="\n".join(
+                f"{name}: {value}"
+                for name, value in factory.headers[0].items()
+                if name not in ("Content-Type", "Authorization")
+            ),
         )
         env.pop("LOADGEN_BODY_SUFFIX", None)
         if factory.suffix is not None:
@@ -487,6 +492,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fixed", dest="unique", action="store_false", help="identical body every request")
     p.add_argument("--stream", dest="stream", action="store_true", default=None, help="force stream: true")
     p.add_argument("--key", action="append", help="API key (repeatable); rotated per request")
+    p.add_argument("--header", action="append", help="extra request header 'Name: value' (repeatable)")
     p.add_argument("--keys-file", help="file with one API key per line")
     p.add_argument("--key-prefix", help="generate keys PREFIX0..PREFIX{count-1}")
     p.add_argument("--key-count", type=int, default=1000)
@@ -503,6 +509,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def parse_header(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition(":")
+    if not sep or not name.strip():
+        raise SystemExit(f"--header {text!r}: expected 'Name: value'")
+    return name.strip(), value.strip()
+
+
 def build(args: argparse.Namespace) -> tuple[Plan, RequestFactory, list[str]]:
     scenario = load_scenario(args.scenario)
     if args.stream:
@@ -510,7 +523,8 @@ def build(args: argparse.Namespace) -> tuple[Plan, RequestFactory, list[str]]:
     unique = scenario.unique if args.unique is None else args.unique
     prefix, suffix = body_template(scenario, unique)
     keys = load_keys(args)
-    headers = [{"Content-Type": "application/json", "Authorization": f"Bearer {k}"} for k in keys]
+    extra = dict(parse_header(h) for h in args.header or ())
+    headers = [{"Content-Type": "application/json", "Authorization": f"Bearer {k}", **extra} for k in keys]
     nonce = f"{os.getpid()}-{time.time_ns()}-".encode()
     plan = Plan(
         url=args.url,

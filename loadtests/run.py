@@ -68,9 +68,13 @@ MINIMAL_CMD = (
     "{python} " + str(HERE / "minimal_proxy.py") + " --host {host} --port {port} --upstream {upstream}"
 )
 LITELLM_CMD = "litellm --config {workdir}/litellm.yaml --host {host} --port {port} --num_workers 1"
+# The proxy refuses to start without a master key; the load generator's key (sk-demo) is it, so LiteLLM
+# authenticates every request as the gateway does, with no database behind it.
 LITELLM_YAML = """model_list:
   - model_name: gpt-4o-mini
     litellm_params: {{model: openai/gpt-4o-mini, api_base: "{upstream}/v1", api_key: sk-loadtest-upstream}}
+general_settings:
+  master_key: sk-demo
 """
 
 
@@ -199,6 +203,7 @@ class Run:
     redis_port: int = 0
     upstreams: dict[str, tuple[Child, str, str]] = field(default_factory=dict)  # kind -> child, url, impl
     warnings: list[str] = field(default_factory=list)
+    target_args: dict[str, list[str]] = field(default_factory=dict)  # url -> extra loadgen arguments
 
     # ---- processes
 
@@ -315,6 +320,8 @@ class Run:
         return child
 
     def start_peer(self, name: str, upstream: str) -> Child | None:
+        if self.args.peer == "portkey" and not self.args.peer_cmd:
+            return self.start_portkey(name, upstream)
         template = self.args.peer_cmd or (LITELLM_CMD if self.args.peer == "litellm" else None)
         if template is None:
             return None
@@ -324,14 +331,41 @@ class Run:
                 return None
             (self.workdir / "litellm.yaml").write_text(LITELLM_YAML.format(upstream=upstream))
         port = self.sup.free_port()
+        # Offline machines: LiteLLM reads its bundled price map instead of fetching it at start.
+        env = {**self.gateway_env(upstream), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
         child = self.sup.start(
             f"peer-{name}",
             self.fmt(template, port=port, upstream=upstream),
             self.pin.target,
-            env=self.gateway_env(upstream),
+            env=env,
             port=port,
         )
         self.sup.wait_ready(child, tcp_open(port), 120)
+        return child
+
+    def start_portkey(self, name: str, upstream: str) -> Child | None:
+        """Portkey's open-source gateway (npm ``@portkey-ai/gateway``) under Node. It has no config file:
+        each request names its provider and upstream in headers, which the load generator adds for it."""
+        server = self.args.peer_home / "node_modules/@portkey-ai/gateway/build/start-server.js"
+        node = shutil.which("node")
+        if node is None or not server.exists():
+            self.note(
+                f"--peer portkey: needs node and `npm install --prefix {self.args.peer_home} "
+                "@portkey-ai/gateway`; skipped"
+            )
+            return None
+        port = self.sup.free_port()
+        argv = [node, str(server), f"--port={port}", "--headless"]
+        # NODE_ENV=production: no log UI and no per-request log streaming to it.
+        env = {**os.environ, "NODE_ENV": "production"}
+        child = self.sup.start(f"peer-{name}", argv, self.pin.target, env=env, port=port)
+        self.sup.wait_ready(child, http_ok(port, "/"), 120)
+        self.target_args[f"http://{HOST}:{port}"] = [
+            "--header",
+            "x-portkey-provider: openai",
+            "--header",
+            f"x-portkey-custom-host: {upstream}/v1",
+        ]
         return child
 
     def note(self, message: str) -> None:
@@ -365,6 +399,7 @@ class Run:
             "--out",
             str(out),
             *spec.keys,
+            *self.target_args.get(url, []),
             *extra,
         ]
         for name, pid in watch.items():
@@ -813,7 +848,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--mock-cmd", help=f"command template for the mock upstream (default: {DEFAULT_MOCK_CMD!r})"
     )
-    p.add_argument("--peer", choices=("litellm",), help="also measure another gateway (needs it installed)")
+    p.add_argument(
+        "--peer", choices=("litellm", "portkey"), help="also measure another gateway (needs it installed)"
+    )
+    p.add_argument(
+        "--peer-home",
+        type=Path,
+        default=HERE / ".peers" / "portkey",
+        help="--peer portkey: where `npm install --prefix DIR @portkey-ai/gateway` put it",
+    )
     p.add_argument("--peer-cmd", help="command template for a peer target: {python} {host} {port} {upstream}")
     p.add_argument("--no-pin", action="store_true", help="do not pin processes with taskset")
     p.add_argument("--keep-work", action="store_true", help="keep the temp dir with logs and raw results")

@@ -7,6 +7,7 @@
 --   LOADGEN_KEYS         file with API keys, one per line; >1 key => rotate per request
 --   LOADGEN_NONCE        run-unique string mixed into unique bodies
 --   LOADGEN_STATUS       "1" => count responses per HTTP status (costs a Lua call per response)
+--   LOADGEN_HEADERS      extra request headers, "Name: value" lines (a peer gateway's routing headers)
 -- done() prints one line "LOADGEN_WRK_JSON {...}" that loadgen.py parses.
 
 local function read_file(path)
@@ -28,10 +29,17 @@ for line in io.lines(os.getenv("LOADGEN_KEYS")) do
 end
 local nkeys = #auth
 
+local extra = {}
+for line in (os.getenv("LOADGEN_HEADERS") or ""):gmatch("[^\n]+") do
+  local name, value = line:match("^([^:]+):%s*(.*)$")
+  if name then extra[name] = value end
+end
+
 wrk.method = "POST"
 wrk.body = prefix
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = auth[1]
+for name, value in pairs(extra) do wrk.headers[name] = value end
 
 threads = {}
 function setup(thread)
@@ -46,6 +54,7 @@ if suffix or nkeys > 1 then
     if headers == nil then
       -- wrk.init has set Host by the time the first request is built.
       headers = { ["Host"] = wrk.headers["Host"], ["Content-Type"] = "application/json" }
+      for name, value in pairs(extra) do headers[name] = value end
     end
     counter = counter + 1
     headers["Authorization"] = auth[(counter % nkeys) + 1]
