@@ -159,7 +159,9 @@ class Dispatcher:
                     return None
                 started = time.monotonic()
                 try:
-                    reply = await self.client.send(call, adapter, _bounded(timeouts, remaining))
+                    reply = await self.client.send(
+                        call, adapter, _bounded(timeouts, remaining), deployment.provider.connection_limit
+                    )
                     first = await _first_chunk(reply) if stream else b""
                 except UpstreamStatusError as err:
                     attempts.append((model.name, err))

@@ -29,7 +29,7 @@ import sys
 import time
 import zlib
 from array import array
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -331,6 +331,21 @@ class MockProvider:
         self.last_auth: str | None = None
         self.last_headers: Mapping[str, str] = {}
         self.last_body: Any = None
+        self.in_flight = 0
+        self.peak_in_flight = 0  # the most model calls open at once (streams until their last byte)
+
+    @web.middleware
+    async def count_in_flight(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if request.path.startswith("/_mock/"):
+            return await handler(request)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await handler(request)
+        finally:
+            self.in_flight -= 1
 
     async def open(self, _app: web.Application) -> None:
         if self.cfg.served_log:  # O_APPEND and one os.write per line: unbuffered, never interleaved
@@ -352,6 +367,7 @@ class MockProvider:
             "last_auth": self.last_auth,
             "last_headers": {k.lower(): v for k, v in self.last_headers.items()},
             "last_body": self.last_body,
+            "peak_in_flight": self.peak_in_flight,
         }
         return web.json_response(stats, dumps=dumps_str)
 
@@ -772,7 +788,9 @@ PROVIDER = web.AppKey("mock_provider", MockProvider)
 
 def create_app(cfg: MockConfig) -> web.Application:
     provider = MockProvider(cfg)
-    app = web.Application(client_max_size=64 * 1024 * 1024)  # long-context tests send big prompts
+    app = web.Application(  # long-context tests send big prompts
+        client_max_size=64 * 1024 * 1024, middlewares=[provider.count_in_flight]
+    )
     app[PROVIDER] = provider
     app.on_startup.append(provider.open)
     app.on_cleanup.append(provider.close)

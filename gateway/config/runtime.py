@@ -27,6 +27,11 @@ class ProviderSpec:
     max_connections: int
     forward: re.Pattern[str] | None = None  # client headers passed upstream
 
+    @property
+    def connection_limit(self) -> tuple[str, int]:
+        """The upstream client's key for this provider's cap on exchanges at once."""
+        return (self.name, self.max_connections)
+
 
 @dataclass(frozen=True, slots=True)
 class DeploymentSpec:

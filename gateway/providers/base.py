@@ -194,9 +194,13 @@ class UpstreamClient:
         if self._http is not None:
             await self._http.close()
 
-    async def send(self, call: UpstreamCall, adapter: Adapter, timeouts: Timeouts) -> UpstreamReply:
+    async def send(
+        self, call: UpstreamCall, adapter: Adapter, timeouts: Timeouts, limit: tuple[str, int] | None = None
+    ) -> UpstreamReply:
         """POST the call. A non-streamed call must be answered in full within ``first_byte_s``; a stream
-        must start within ``idle_s`` and never fall silent for longer."""
+        must start within ``idle_s`` and never fall silent for longer. ``limit``: (provider, its
+        ``max_connections``), the most exchanges with that provider at once; a call over it waits for a
+        slot up to ``connect_s``."""
         assert self._http is not None, "UpstreamClient.start() was not awaited"
         try:
             response = await self._http.post(
@@ -206,6 +210,7 @@ class UpstreamClient:
                 connect_s=timeouts.connect_s,
                 head_s=timeouts.idle_s if call.stream else timeouts.first_byte_s,
                 total_s=None if call.stream else timeouts.first_byte_s,
+                limit=limit,
             )
         except HttpTimeout as exc:
             raise UpstreamTimeout("upstream did not answer in time") from exc

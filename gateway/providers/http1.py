@@ -358,7 +358,7 @@ class _Connection(asyncio.Protocol):
 class Response:
     """A response whose head has arrived. Read it to the end, or close it, exactly once."""
 
-    __slots__ = ("_conn", "_pool", "_released", "_timer", "headers", "status")
+    __slots__ = ("_conn", "_pool", "_released", "_slots", "_timer", "headers", "status")
 
     def __init__(
         self,
@@ -366,12 +366,14 @@ class Response:
         headers: dict[str, str],
         conn: _Connection,
         pool: Http1Client,
+        slots: asyncio.Semaphore,
         timer: asyncio.TimerHandle | None,
     ) -> None:
         self.status = status
         self.headers = headers
         self._conn = conn
         self._pool = pool
+        self._slots = slots  # the limit this exchange counts against, released with it
         self._timer = timer  # the whole-exchange deadline of a non-streamed call, if any
         self._released = False
 
@@ -426,11 +428,12 @@ class Response:
         self._released = True
         if self._timer is not None:
             self._timer.cancel()
-        self._pool.release(self._conn)
+        self._pool.release(self._conn, self._slots)
 
 
 class Http1Client:
-    """Pooled keep-alive connections per origin; at most ``max_connections`` exchanges at once."""
+    """Pooled keep-alive connections per origin. At most ``max_connections`` exchanges at once, or, for
+    a call that names a ``limit`` (a provider's own ``max_connections``), at most that many for it."""
 
     def __init__(
         self,
@@ -440,6 +443,9 @@ class Http1Client:
     ) -> None:
         self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
         self._slots = asyncio.Semaphore(max_connections)
+        # (name, n) -> its semaphore. n is in the key: a reload that changes a limit starts a new one,
+        # and exchanges still in flight release into the one they took.
+        self._limits: dict[tuple[str, int], asyncio.Semaphore] = {}
         self._keepalive_s = keepalive_s
         # Built here, not on the first https call: loading the trust store is blocking file I/O.
         self._ssl = ssl_context or ssl.create_default_context()
@@ -475,6 +481,7 @@ class Http1Client:
         connect_s: float,
         head_s: float,
         total_s: float | None,
+        limit: tuple[str, int] | None = None,
     ) -> Response:
         """Send a POST; return once the response head arrived (within ``head_s`` of the send). With
         ``total_s`` the whole exchange, from this call on (a wait for a free slot and the connect
@@ -486,13 +493,14 @@ class Http1Client:
         request = _encode(path, origin, headers, payload)
         loop = asyncio.get_running_loop()
         deadline = None if total_s is None else loop.time() + total_s
-        if self._slots.locked():  # every slot busy: wait, boundedly (no timer when one is free)
+        slots = self._slots if limit is None else self._limits.get(limit) or self._new_limit(limit)
+        if slots.locked():  # every slot busy: wait, boundedly (no timer when one is free)
             try:
-                await asyncio.wait_for(self._slots.acquire(), connect_s)
+                await asyncio.wait_for(slots.acquire(), connect_s)
             except TimeoutError:
                 raise HttpTimeout("no free upstream connection within connect_s") from None
         else:
-            await self._slots.acquire()
+            await slots.acquire()
         conn: _Connection | None = None
         timer: asyncio.TimerHandle | None = None
         try:
@@ -513,14 +521,18 @@ class Http1Client:
             elif head_at != deadline:  # the rest of the body gets what is left of total_s
                 timer.cancel()
                 timer = loop.call_at(deadline, _time_out, conn, _BODY_LATE)
-            return Response(status, response_headers, conn, self, timer)
+            return Response(status, response_headers, conn, self, slots, timer)
         except BaseException:
             if timer is not None:
                 timer.cancel()
             if conn is not None:
                 conn.fail(HttpError("request abandoned"))  # aborts the transport
-            self._slots.release()
+            slots.release()
             raise
+
+    def _new_limit(self, limit: tuple[str, int]) -> asyncio.Semaphore:
+        slots = self._limits[limit] = asyncio.Semaphore(limit[1])
+        return slots
 
     def _pooled(self, origin: Origin) -> _Connection | None:
         idle = self._idle.get(origin.key)
@@ -553,8 +565,8 @@ class Http1Client:
             raise HttpError(f"upstream connect failed ({exc.__class__.__name__})") from None
         return conn
 
-    def release(self, conn: _Connection) -> None:
-        self._slots.release()
+    def release(self, conn: _Connection, slots: asyncio.Semaphore) -> None:
+        slots.release()
         if self._closed or not conn.reusable:
             if conn.complete and conn.error is None:
                 self._discard(conn)  # read to the end, but the server said close

@@ -329,6 +329,65 @@ async def test_concurrency_is_bounded_by_max_connections() -> None:
         await http.close()
 
 
+async def test_each_named_limit_bounds_its_own_exchanges() -> None:
+    """A provider's ``max_connections`` caps its exchanges whatever the client-wide bound, and one
+    provider at its cap does not hold back another."""
+    http = Http1Client(max_connections=100)
+    in_flight: dict[str, int] = {"a": 0, "b": 0}
+    peak: dict[str, int] = {"a": 0, "b": 0}
+
+    def bind(scripted: Scripted) -> Handler:
+        async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await scripted.read_request(reader)
+                name = "a" if b"x-provider: a" in scripted.requests[-1] else "b"
+                in_flight[name] += 1
+                peak[name] = max(peak[name], in_flight[name])
+                await asyncio.sleep(0.02)
+                in_flight[name] -= 1
+                writer.write(ok(name.encode()))
+                await writer.drain()
+
+        return handler
+
+    async def call(url: str, name: str, limit: int) -> bytes:
+        response = await http.post(
+            url, {"x-provider": name}, b"{}", connect_s=5, head_s=5, total_s=5, limit=(name, limit)
+        )
+        return await response.read()
+
+    try:
+        async with await serve(bind) as server:
+            calls = [call(server.url, "a", 2) for _ in range(8)] + [
+                call(server.url, "b", 3) for _ in range(9)
+            ]
+            bodies = await asyncio.gather(*calls)
+            assert bodies == [b"a"] * 8 + [b"b"] * 9
+            assert peak == {"a": 2, "b": 3}
+            # Over its cap, a call waits for a slot at most connect_s.
+            held = [
+                await http.post(
+                    server.url, {"x-provider": "a"}, b"", connect_s=5, head_s=5, total_s=None, limit=("a", 2)
+                )
+                for _ in range(2)
+            ]
+            with pytest.raises(HttpTimeout, match="no free upstream connection"):
+                await http.post(
+                    server.url,
+                    {"x-provider": "a"},
+                    b"",
+                    connect_s=0.05,
+                    head_s=5,
+                    total_s=None,
+                    limit=("a", 2),
+                )
+            assert await call(server.url, "b", 3) == b"b"  # another provider is not held back
+            for response in held:
+                await response.read()
+    finally:
+        await http.close()
+
+
 async def test_header_injection_and_bad_urls_are_refused(client: Http1Client) -> None:
     with pytest.raises(HttpError, match="line break"):
         await client.post(
