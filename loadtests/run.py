@@ -897,6 +897,8 @@ def main(argv: list[str] | None = None) -> int:
     now = dt.datetime.now().astimezone()
     load_before = load_average()
     commit = git("rev-parse", "--short=10", "HEAD") or "nocommit"
+    # The tree as the measured processes load it: notes edited during a long run do not make it dirty.
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
     workdir = Path(tempfile.mkdtemp(prefix="loadtest-"))
     sup = Supervisor(workdir, pin)
     run = Run(args, sup, pin, Durations.pick(args.quick, args.duration), workdir)
@@ -926,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     results["meta"] = {
         "date": now.isoformat(timespec="seconds"),
         "commit": commit,
-        "dirty": bool(git("status", "--porcelain", "--untracked-files=no")),
+        "dirty": dirty,
         "machine": machine_info(),
         "load_average_1m": {"start": load_before, "end": load_average()},
         "pinning": pin.describe(),
