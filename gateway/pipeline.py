@@ -38,6 +38,7 @@ from gateway.providers.base import Timeouts, forwarded_headers
 from gateway.providers.relay import StreamRelay, convert_body, error_event, stream_relay
 from gateway.providers.translate import UpstreamStreamError
 from gateway.request_body import (
+    asks_stream_usage,
     body_texts,
     choices,
     client_max_tokens,
@@ -189,8 +190,7 @@ class Pipeline:
         team = ctx.principal.team
         ctx.requested_model = str(ctx.body.get("model", ""))
         ctx.stream = ctx.body.get("stream") is True
-        options = ctx.body.get("stream_options")
-        ctx.client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+        ctx.client_wants_usage = asks_stream_usage(ctx.body)
         # The allow-list applies to what the team asks for; where the platform's rules then route it is
         # the platform's decision. An alias only a rule resolves (`auto`) is a valid name too.
         unknown = ModelNotFound(

@@ -77,3 +77,9 @@ def body_texts(parsed: dict[str, Any]) -> list[str]:
         if isinstance(block, dict) and isinstance(block.get("text"), str):
             texts.append(block["text"])
     return texts
+
+
+def asks_stream_usage(body: dict[str, Any]) -> bool:
+    """The client asked for the final usage chunk of a stream (``stream_options.include_usage``)."""
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True

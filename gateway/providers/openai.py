@@ -13,13 +13,9 @@ from gateway.config.runtime import DeploymentSpec
 from gateway.errors import InvalidRequest, UpstreamStatusError
 from gateway.providers.base import UpstreamCall, error_message, retry_after_seconds
 from gateway.providers.translate import TranslationError, anthropic_messages_to_openai_request
+from gateway.request_body import asks_stream_usage
 
 _PATHS = {"chat": "chat/completions", "text_completion": "completions", "embeddings": "embeddings"}
-
-
-def _asks_usage(body: dict[str, Any]) -> bool:
-    options = body.get("stream_options")
-    return isinstance(options, dict) and options.get("include_usage") is True
 
 
 class OpenAIAdapter:
@@ -38,7 +34,7 @@ class OpenAIAdapter:
             inbound != "openai"
             or provider.type == "azure"  # the model goes in the URL, not the body
             or body.get("model") != deployment.upstream_model
-            or (stream and not _asks_usage(body))
+            or (stream and not asks_stream_usage(body))
         ):
             encoded = None  # the upstream's body differs from the client's
         if inbound == "anthropic":

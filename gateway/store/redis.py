@@ -176,9 +176,6 @@ class RedisStore:
 
     # ------------------------------------------------------------------ budgets
 
-    def _team_keys(self, team: str) -> tuple[str, ...]:
-        return _team_keys(team)
-
     async def reserve(self, req: ReserveRequest) -> ReserveResult:
         keys, args = self._reserve_call(req)
         raw = await self._call(self._reserve, keys, args)
@@ -191,7 +188,7 @@ class RedisStore:
         if probe is None or probe.slot != team:
             return await admit_in_steps(self, req, probe)
         keys, args = (
-            self._reserve_call(req) if req is not None else ([*self._team_keys(team), _k(team, "rate:0")], [])
+            self._reserve_call(req) if req is not None else ([*_team_keys(team), _k(team, "rate:0")], [])
         )
         lock_key = _k(team, f"cl:{probe.key}")
         keys += [_k(team, f"c:{probe.key}"), lock_key]
@@ -234,7 +231,7 @@ class RedisStore:
         for rl in req.rate_limits:
             args += [f"{rl.kind}|{rl.scope}", rl.limit]
         args.append(1 if req.count_denial else 0)
-        return [*self._team_keys(req.team), _k(req.team, f"rate:{window}")], args
+        return [*_team_keys(req.team), _k(req.team, f"rate:{window}")], args
 
     async def _remember_team(self, team: str) -> None:
         if team in self._known_teams:
@@ -248,7 +245,7 @@ class RedisStore:
     def _settle_call(self, settlement: Settlement) -> tuple[list[str], list[Any]]:
         rec = settlement.record
         keys = [
-            *self._team_keys(settlement.team)[:4],
+            *_team_keys(settlement.team),
             _k(settlement.team, f"roll:{hour_bucket(rec['ts_ms'])}"),
         ]
         args: list[Any] = [
@@ -331,7 +328,7 @@ class RedisStore:
         return keys, args
 
     async def expire_leases(self, team: str, now_ms: int, limit: int = 100) -> int:
-        return int(await self._call(self._expire, list(self._team_keys(team)), [now_ms, limit]))
+        return int(await self._call(self._expire, list(_team_keys(team)), [now_ms, limit]))
 
     async def scope_usage(self, team: str, scopes: list[ScopeLimit]) -> dict[str, ScopeUsage]:
         fields = [f"{s.counter}|{f}" for s in scopes for f in ("sn", "st", "rn", "rt", "dn", "rq")]
