@@ -42,6 +42,7 @@ from gateway.store.base import (
     StoreError,
     StoreUncertain,
 )
+from gateway.tasks import TaskGroup
 
 log = logging.getLogger("gateway.budget")
 
@@ -59,6 +60,7 @@ class Reservation:
     remaining_nano: int
     mode: str  # "store" | "local" (fail-open guard) | "none" (no budget, no limits)
     rate_remaining: dict[str, int] = field(default_factory=dict)
+    lease_ttl_ms: int = 0  # how long the store keeps the lease before charging it in full
 
 
 @dataclass(slots=True)
@@ -124,6 +126,28 @@ class _LocalGuard:
     def adjust(self, scopes: list[ScopeLimit], delta: int) -> None:
         for s in scopes:
             self.spent[s.counter] = max(0, self.spent.get(s.counter, 0) + delta)
+
+
+class LeaseKeeper:
+    """Renews one lease every half TTL, on a loop timer: nothing runs per chunk."""
+
+    __slots__ = ("_interval_s", "_manager", "_res", "_tasks", "_timer")
+
+    def __init__(self, manager: BudgetManager, res: Reservation, tasks: TaskGroup) -> None:
+        self._manager, self._res, self._tasks = manager, res, tasks
+        self._interval_s = res.lease_ttl_ms / 2000
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            self._interval_s, self._tick
+        )
+
+    def _tick(self) -> None:
+        self._tasks.spawn(self._manager.renew(self._res), name="lease-renew")
+        self._timer = asyncio.get_running_loop().call_later(self._interval_s, self._tick)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 class BudgetManager:
@@ -250,7 +274,30 @@ class BudgetManager:
             result.remaining_nano,
             "store",
             result.rate_remaining,
+            ask.lease_ttl_ms,
         )
+
+    def keep_lease(self, res: Reservation, tasks: TaskGroup) -> LeaseKeeper | None:
+        """Renew a stream's lease while it runs; the caller stops the keeper when the stream ends.
+
+        A lease lives ``total_s + lease_grace_s``, which bounds a non-streamed request, but a stream
+        runs as long as chunks keep coming. Unrenewed, a longer stream's lease would expire into
+        spend: the team charged the whole reservation and the actual cost dropped at settle."""
+        if res.mode != "store" or res.lease_ttl_ms <= 0:
+            return None
+        return LeaseKeeper(self, res, tasks)
+
+    async def renew(self, res: Reservation) -> None:
+        try:
+            alive = await self.store.renew_lease(
+                res.team, res.lease_id, int(time.time() * 1000) + res.lease_ttl_ms
+            )
+        except StoreError as exc:  # retried at the next tick; a lease that expires meanwhile over-charges
+            self.metrics.store_errors.labels("renew").inc()
+            log.warning("renewing lease %s failed: %s", res.lease_id, exc)
+            return
+        if not alive:
+            log.warning("lease %s expired into spend before its stream ended", res.lease_id)
 
     def _release_unanswered(self, req: ReserveRequest, status: int) -> None:
         """A reservation whose answer never came back may exist in the store: queue its release at $0

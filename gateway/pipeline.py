@@ -647,6 +647,8 @@ class Pipeline:
     ) -> AsyncIterator[bytes]:
         recorded: list[bytes] | None = [] if cache is not None and cache.write else None
         status, failure = 200, ""
+        assert ctx.reservation is not None
+        keeper = self.budget.keep_lease(ctx.reservation, self.tasks)
         try:
             out = relay.feed(sent.first_chunk)
             ctx.ttft_s = time.perf_counter() - ctx.started
@@ -669,6 +671,8 @@ class Pipeline:
             status, failure = 502, getattr(exc, "message", str(exc)) or exc.__class__.__name__
             yield error_event(ctx.inbound, f"upstream stream failed: {failure}")
         finally:
+            if keeper is not None:
+                keeper.stop()
             sent.reply.close()
             ctx.upstream_s = time.perf_counter() - upstream_started
             ctx.error = failure

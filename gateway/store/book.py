@@ -214,6 +214,14 @@ class BudgetBook:
         due = [x for x in self.leases.values() if x.team == team and x.expires_ms <= now_ms]
         return due[:limit]
 
+    def renew(self, lease_id: str, expires_ms: int) -> bool:
+        """Push a live lease's expiry later (never earlier); False if it is gone."""
+        lease = self.leases.get(lease_id)
+        if lease is None:
+            return False
+        lease.expires_ms = max(lease.expires_ms, expires_ms)
+        return True
+
     def expire(self, lease_id: str) -> Lease | None:
         lease = self.leases.pop(lease_id, None)
         if lease is None:

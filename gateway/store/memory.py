@@ -315,6 +315,10 @@ class MemoryStore:
             self._expire_now(lease.lease_id, now_ms)
         return len(due)
 
+    async def renew_lease(self, team: str, lease_id: str, expires_ms: int) -> bool:
+        # Not journaled: a restart expires every open lease anyway (its process is gone).
+        return self.book.renew(lease_id, expires_ms)
+
     def _expire_now(self, lease_id: str, now_ms: int) -> None:
         lease = self.book.expire(lease_id)
         if lease is None:

@@ -102,6 +102,7 @@ class RedisStore:
         self._settle = _Script(common + _lua("settle.lua"))
         self._record = _Script(common + _lua("record.lua"))
         self._expire = _Script(common + _lua("expire.lua"))
+        self._renew = _Script(_lua("renew.lua"))
         self._known_teams: set[str] = set()
 
     async def start(self) -> None:
@@ -329,6 +330,10 @@ class RedisStore:
 
     async def expire_leases(self, team: str, now_ms: int, limit: int = 100) -> int:
         return int(await self._call(self._expire, list(_team_keys(team)), [now_ms, limit]))
+
+    async def renew_lease(self, team: str, lease_id: str, expires_ms: int) -> bool:
+        _budget, zset, leases, _ledger = _team_keys(team)
+        return bool(await self._call(self._renew, [zset, leases], [lease_id, expires_ms]))
 
     async def scope_usage(self, team: str, scopes: list[ScopeLimit]) -> dict[str, ScopeUsage]:
         fields = [f"{s.counter}|{f}" for s in scopes for f in ("sn", "st", "rn", "rt", "dn", "rq")]

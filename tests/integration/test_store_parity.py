@@ -261,6 +261,20 @@ async def test_expired_lease_is_charged_in_full_once(store: Store, team: str) ->
     assert row["settled_ms"] == t + 1_000
 
 
+async def test_a_renewed_lease_expires_later_never_earlier(store: Store, team: str) -> None:
+    t = now_ms()
+    sc = scopes(team, team_usd=10**9)
+    assert (await reserve(store, team, "l1", sc, at=t, fixed_nano=5_000, ttl_ms=1_000)).ok
+    assert await store.renew_lease(team, "l1", t + 3_000)
+    assert await store.renew_lease(team, "l1", t + 2_000), "a late renewal still finds the lease"
+    assert await store.expire_leases(team, t + 2_999) == 0, "kept to the later expiry"
+    assert await store.settle(settlement(team, "l1", 1_000, 1, t + 2_999))
+    assert await usage(store, team, sc) == [ScopeUsage(1_000, 1, 0, 0, 0, 1)] * 2
+    assert not await store.renew_lease(team, "l1", t + 9_000), "a settled lease is gone"
+    assert not await store.renew_lease(team, "unknown", t + 9_000)
+    assert await store.expire_leases(team, t + 10_000) == 0
+
+
 async def test_reserve_sweeps_the_teams_due_leases(store: Store, team: str) -> None:
     t = now_ms()
     sc = scopes(team, team_usd=30_000)
