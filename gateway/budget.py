@@ -156,7 +156,7 @@ class BudgetManager:
         self.metrics = metrics
         self.replicas = expected_replicas
         self.guard = _LocalGuard()
-        self.pending: deque[tuple[str, dict[str, Any], int, int, list[ScopeLimit]]] = deque()
+        self.pending: deque[_Queued] = deque()
         self.pending_settles: deque[Settlement] = deque()
         self.utilization: dict[str, float] = {}  # team -> last known share of its budget used
         self._crossed: dict[str, float] = {}
@@ -529,21 +529,46 @@ class BudgetManager:
         while self.pending_settles:
             batch = list(itertools.islice(self.pending_settles, _BATCH))
             results = await self.store.settle_many(batch)
+            rejected: list[tuple[Settlement, StoreError]] = []
             for settlement, settled in zip(batch, results, strict=True):
                 self.pending_settles.popleft()
-                if not settled and not settlement.unanswered:
+                if isinstance(settled, StoreError):
+                    rejected.append((settlement, settled))
+                elif not settled and not settlement.unanswered:
                     log.warning(
                         "lease %s had already expired into spend; actual cost %s not applied twice",
                         settlement.lease_id,
                         nano_to_usd_str(settlement.cost_nano),
                     )
+            if rejected:
+                self._set_aside([s for s, _ in rejected], [], rejected[0][1])
         while self.pending:
             batch_records = list(itertools.islice(self.pending, _BATCH))
-            await self.store.record_many([(t, r, c, n, s) for t, r, c, n, s in batch_records])
-            for _team, _record, cost, _tokens, scopes in batch_records:
+            answers = await self.store.record_many([(t, r, c, n, s) for t, r, c, n, s in batch_records])
+            refused: list[_Queued] = []
+            for queued, answer in zip(batch_records, answers, strict=True):
                 self.pending.popleft()
-                if scopes:
-                    self.guard.adjust(scopes, -cost)  # now counted in the store, not only here
+                if isinstance(answer, StoreError):
+                    refused.append(queued)
+                elif queued[4]:
+                    self.guard.adjust(queued[4], -queued[2])  # now counted in the store, not only here
+            if refused:
+                first = next(a for a in answers if isinstance(a, StoreError))
+                self._set_aside([], refused, first)
+
+    def _set_aside(self, settles: list[Settlement], records: list[_Queued], error: StoreError) -> None:
+        """Items the store refused one by one (a script error: corrupt lease data, a replica running
+        other scripts). Retrying cannot fix them, and left in the queue they would block every later
+        settlement, so they go to a ``rejected-*.jsonl`` file (the spill format, never replayed on
+        its own: rename it to ``spill-*.jsonl`` to replay it once the cause is fixed)."""
+        count = len(settles) + len(records)
+        self.metrics.store_errors.labels("rejected").inc(count)
+        lines = _queue_lines(settles, records)
+        if self.spill_dir is None:
+            log.error("the store refused %d ledger writes (%s): %s", count, error, b" ".join(lines).decode())
+            return
+        path = _write_lines(self.spill_dir, "rejected", lines)
+        log.error("the store refused %d ledger writes (%s); they are kept in %s", count, error, path)
 
     async def drain(self, timeout: float, spill_dir: Path | None = None) -> None:
         """Graceful shutdown: write what is queued within the deadline; if the store cannot take it
@@ -571,38 +596,8 @@ class BudgetManager:
 
     def spill(self, spill_dir: Path) -> Path:
         """Write the queued settlements and records to a file that ``load_spills`` replays later."""
-        spill_dir.mkdir(parents=True, exist_ok=True)
-        path = spill_dir / f"spill-{os.getpid()}-{int(time.time() * 1000)}.jsonl"
-        lines = [
-            jsonutil.dumps(
-                {
-                    "kind": "settle",
-                    "team": s.team,
-                    "lease_id": s.lease_id,
-                    "cost_nano": s.cost_nano,
-                    "tokens": s.tokens,
-                    "record": s.record,
-                    "now_ms": s.now_ms,
-                }
-            )
-            for s in self.pending_settles
-        ]
-        lines += [
-            jsonutil.dumps(
-                {
-                    "kind": "record",
-                    "team": t,
-                    "record": r,
-                    "cost_nano": c,
-                    "tokens": n,
-                    "scopes": [[s.scope, s.period] for s in scopes],
-                }
-            )
-            for t, r, c, n, scopes in self.pending
-        ]
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(b"\n".join(lines) + b"\n")
-        os.replace(tmp, path)
+        lines = _queue_lines(list(self.pending_settles), list(self.pending))
+        path = _write_lines(spill_dir, "spill", lines)
         log.warning("store unavailable at shutdown: %d settlements spilled to %s", len(lines), path)
         self.pending.clear()
         self.pending_settles.clear()
@@ -640,3 +635,47 @@ class BudgetManager:
         if count:
             self._ensure_reconciler()
         return count
+
+
+_Queued = tuple[str, dict[str, Any], int, int, list[ScopeLimit]]  # team, record, cost, tokens, scopes
+
+
+def _queue_lines(settles: list[Settlement], records: list[_Queued]) -> list[bytes]:
+    lines = [
+        jsonutil.dumps(
+            {
+                "kind": "settle",
+                "team": s.team,
+                "lease_id": s.lease_id,
+                "cost_nano": s.cost_nano,
+                "tokens": s.tokens,
+                "record": s.record,
+                "now_ms": s.now_ms,
+            }
+        )
+        for s in settles
+    ]
+    lines += [
+        jsonutil.dumps(
+            {
+                "kind": "record",
+                "team": t,
+                "record": r,
+                "cost_nano": c,
+                "tokens": n,
+                "scopes": [[s.scope, s.period] for s in scopes],
+            }
+        )
+        for t, r, c, n, scopes in records
+    ]
+    return lines
+
+
+def _write_lines(directory: Path, prefix: str, lines: list[bytes]) -> Path:
+    """Atomically (a rename), under a name no other process or call uses."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{prefix}-{os.getpid()}-{time.time_ns()}.jsonl"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(b"\n".join(lines) + b"\n")
+    os.replace(tmp, path)
+    return path

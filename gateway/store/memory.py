@@ -32,6 +32,7 @@ from gateway.store.base import (
     ScopeLimit,
     ScopeUsage,
     Settlement,
+    StoreError,
     admit_in_steps,
 )
 from gateway.store.book import BudgetBook, Lease, expired_record
@@ -280,10 +281,10 @@ class MemoryStore:
         )
         return True
 
-    async def settle_many(self, settlements: list[Settlement]) -> list[bool]:
+    async def settle_many(self, settlements: list[Settlement]) -> list[bool | StoreError]:
         return [await self.settle(s) for s in settlements]
 
-    async def record_many(self, charges: list[Charge]) -> list[bool]:
+    async def record_many(self, charges: list[Charge]) -> list[bool | StoreError]:
         return [await self.record(*charge) for charge in charges]
 
     async def record(

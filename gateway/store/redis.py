@@ -63,6 +63,10 @@ def _noscript(reply: Any) -> bool:
 _UNLOCK_OWNED = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
+def _truth(answer: Any) -> bool | StoreError:
+    return answer if isinstance(answer, StoreError) else bool(answer)
+
+
 def _k(team: str, suffix: str) -> str:
     return f"gw:{{{team}}}:{suffix}"
 
@@ -262,19 +266,23 @@ class RedisStore:
     async def settle(self, settlement: Settlement) -> bool:
         return bool(await self._call(self._settle, *self._settle_call(settlement)))
 
-    async def settle_many(self, settlements: list[Settlement]) -> list[bool]:
-        """Many settlements in one round trip (a pipeline of settle scripts)."""
+    async def settle_many(self, settlements: list[Settlement]) -> list[bool | StoreError]:
+        """Many settlements in one round trip (a pipeline of settle scripts). A script that fails
+        for one item is that item's error: the others are applied, and retrying it cannot help."""
         calls = [self._settle_call(s) for s in settlements]
-        return [bool(r) for r in await self._call_many(self._settle, calls)]
+        return [_truth(r) for r in await self._call_many(self._settle, calls, per_item=True)]
 
-    async def record_many(self, charges: list[Charge]) -> list[bool]:
+    async def record_many(self, charges: list[Charge]) -> list[bool | StoreError]:
         calls = [self._record_call(*charge) for charge in charges]
-        results = await self._call_many(self._record, calls)
+        results = await self._call_many(self._record, calls, per_item=True)
         for team, *_ in charges:
             await self._remember_team(team)
-        return [bool(r) for r in results]
+        return [_truth(r) for r in results]
 
-    async def _call_many(self, script: _Script, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+    async def _call_many(
+        self, script: _Script, calls: list[tuple[list[str], list[Any]]], *, per_item: bool = False
+    ) -> list[Any]:
+        """``per_item``: a script error answers that item with a StoreError instead of failing all."""
         if not calls:
             return []
         results: list[Any] = [None] * len(calls)
@@ -285,6 +293,8 @@ class RedisStore:
             for i, answer in zip(todo, answers, strict=True):
                 if _noscript(answer):
                     missing.append(i)  # only these re-run: the others are applied already
+                elif isinstance(answer, ReplyError) and per_item:
+                    results[i] = StoreError(f"redis: {answer}")
                 elif isinstance(answer, ReplyError | Exception):
                     raise StoreError(f"redis: {answer}")
                 else:

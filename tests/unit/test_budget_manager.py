@@ -65,7 +65,7 @@ class FlakyStore(MemoryStore):
         self._check()
         return await super().settle(settlement)
 
-    async def settle_many(self, settlements: list[Settlement]) -> list[bool]:
+    async def settle_many(self, settlements: list[Settlement]) -> list[bool | StoreError]:
         self._check()
         return await super().settle_many(settlements)
 
@@ -76,7 +76,7 @@ class FlakyStore(MemoryStore):
         self.record_calls += 1
         return await super().record(team, record, cost_nano, tokens, scopes)
 
-    async def record_many(self, charges: list[Charge]) -> list[bool]:
+    async def record_many(self, charges: list[Charge]) -> list[bool | StoreError]:
         self._check()
         return await super().record_many(charges)
 
