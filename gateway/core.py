@@ -26,6 +26,7 @@ from gateway.ids import RequestIds
 from gateway.metering.tokens import TokenCounter, preload
 from gateway.observability.logging import AccessLog
 from gateway.observability.metrics import Metrics
+from gateway.overload import InFlightLimit
 from gateway.periods import period_bounds, period_seconds
 from gateway.pipeline import Pipeline
 from gateway.providers.anthropic import AnthropicAdapter
@@ -66,6 +67,7 @@ class Gateway:
         self.store = store or make_store(config)
         self.tasks = TaskGroup()
         self.ids = RequestIds()
+        self.in_flight = InFlightLimit(config.source.server.max_in_flight)
         self.access_log = AccessLog()
         self.auth = Authenticator(self.store, lambda: self.config)
         self.budget = BudgetManager(self.store, self.metrics, config.source.store.expected_replicas)
@@ -113,6 +115,7 @@ class Gateway:
         self._background = [
             loop.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_leases), name="lease-sweeper"),
             loop.create_task(self._every(GAUGE_INTERVAL_S, self.refresh_budget_gauges), name="budget-gauges"),
+            loop.create_task(self._every(1.0, self.report_in_flight), name="in-flight-gauge"),
         ]
         if watch:
             self._background.append(
@@ -173,6 +176,7 @@ class Gateway:
             return False, exc.problems
         self.config = new
         self.pipeline.config = new
+        self.in_flight.cap = new.source.server.max_in_flight
         self.cache.cfg = new.source.cache
         self.router.configure(new.source.routing.breaker)
         self._config_mtime = self._mtime()
@@ -194,6 +198,11 @@ class Gateway:
             except StoreError:
                 self.metrics.store_errors.labels("expire").inc()
                 return
+
+    def report_in_flight(self) -> None:
+        # Sampled, not updated per request: a gauge write per request and per answer is hot-path
+        # work (and a file write per change in multiprocess mode) for a value read every scrape.
+        self.metrics.inflight.labels().set(self.in_flight.count)
 
     async def refresh_budget_gauges(self) -> None:
         now = datetime.now(UTC)

@@ -12,6 +12,7 @@
     ├── BudgetExceeded                429     insufficient_quota       rate_limit_error
     ├── RateLimited                   429     rate_limit_error         rate_limit_error
     ├── StoreUnavailable              503     service_unavailable      api_error
+    ├── Overloaded                    503     service_unavailable      overloaded_error (529)
     ├── UpstreamError                 502     upstream_error           api_error
     │   └── UpstreamStatusError       (the upstream's own 4xx/429/5xx status, passed through)
     └── UpstreamTimeout               504     timeout                  timeout_error
@@ -26,6 +27,7 @@ from typing import Any
 
 class GatewayError(Exception):
     status = 500
+    anthropic_status: int | None = None  # where Anthropic's API answers with another status
     openai_type = "api_error"
     anthropic_type = "api_error"
     code: str | None = None
@@ -109,6 +111,17 @@ class StoreUnavailable(GatewayError):
     openai_type = "service_unavailable"
     anthropic_type = "api_error"
     code = "store_unavailable"
+
+
+class Overloaded(GatewayError):
+    """The worker is at its in-flight cap. Anthropic's API answers overload with 529, OpenAI's with
+    503: each caller gets the status its SDK knows to retry."""
+
+    status = 503
+    anthropic_status: int | None = 529
+    openai_type = "service_unavailable"
+    anthropic_type = "overloaded_error"
+    code = "overloaded"
 
 
 class UpstreamError(GatewayError):

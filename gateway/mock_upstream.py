@@ -367,6 +367,7 @@ class MockProvider:
             "last_auth": self.last_auth,
             "last_headers": {k.lower(): v for k, v in self.last_headers.items()},
             "last_body": self.last_body,
+            "in_flight": self.in_flight,
             "peak_in_flight": self.peak_in_flight,
         }
         return web.json_response(stats, dumps=dumps_str)

@@ -38,6 +38,12 @@ class ServerConfig(Strict):
     port: int = Field(8080, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
     max_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_in_flight: int = Field(
+        4096,
+        ge=0,
+        description="LLM requests (streams included) one worker serves at once; past it a request gets"
+        " 503 (Anthropic: 529) with Retry-After at once, before any budget work; 0: no cap",
+    )
     timeouts: Timeouts = Timeouts()
     admin_token_env: str = "GATEWAY_ADMIN_TOKEN"
     log_prompts: bool = False

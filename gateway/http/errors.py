@@ -8,7 +8,9 @@ from gateway.errors import GatewayError
 
 def render(err: GatewayError, wire: str, request_id: str) -> tuple[int, bytes, dict[str, str]]:
     headers = dict(err.headers)
+    status = err.status
     if wire == "anthropic":
+        status = err.anthropic_status or status
         body = {
             "type": "error",
             "error": {"type": err.anthropic_type, "message": err.message},
@@ -18,4 +20,4 @@ def render(err: GatewayError, wire: str, request_id: str) -> tuple[int, bytes, d
         body = {
             "error": {"message": err.message, "type": err.openai_type, "param": err.param, "code": err.code}
         }
-    return err.status, jsonutil.dumps(body), headers
+    return status, jsonutil.dumps(body), headers

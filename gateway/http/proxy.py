@@ -18,7 +18,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway import jsonutil
 from gateway.core import Gateway
-from gateway.errors import AuthenticationFailed, BodyTooLarge, GatewayError, InvalidRequest
+from gateway.errors import AuthenticationFailed, BodyTooLarge, GatewayError, InvalidRequest, Overloaded
 from gateway.http.errors import render
 from gateway.observability.metrics import status_class
 from gateway.pipeline import Reply, RequestContext, StreamReply
@@ -128,6 +128,28 @@ def error_response(err: GatewayError, wire: str, request_id: str) -> web.Respons
 
 async def handle_llm(request: web.Request, wire: str, operation: str) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
+    limit = gateway.in_flight
+    try:
+        limit.enter()
+    except Overloaded as err:
+        return _shed(gateway, request, wire, operation, err)
+    try:
+        return await _serve_llm(request, gateway, wire, operation)
+    finally:
+        limit.leave()  # after the whole answer: a stream holds its place until its last chunk
+
+
+def _shed(gateway: Gateway, request: web.Request, wire: str, operation: str, err: Overloaded) -> web.Response:
+    """Refused at the in-flight cap: the body is never read, nothing is reserved or ledgered."""
+    request_id = client_request_id(request) or gateway.ids.next()
+    response = error_response(err, wire, request_id)
+    gateway.metrics.shed.labels(wire).inc()
+    _access_log(gateway, None, request_id, response.status, wire, err.message)
+    _count_failure(gateway, None, operation, response.status)
+    return response
+
+
+async def _serve_llm(request: web.Request, gateway: Gateway, wire: str, operation: str) -> web.StreamResponse:
     # The gateway's own id keys the lease and the ledger record, so a client that reuses an id can never
     # collide with another request; the caller's id is what the response echoes.
     internal_id = gateway.ids.next()

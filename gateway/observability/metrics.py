@@ -184,7 +184,21 @@ class Metrics:
         self.ledger_pending = gauge(
             "llm_gateway_ledger_pending_records", "Settlements waiting to be written to the store.", ()
         )
-        self.inflight = gauge("llm_gateway_inflight_requests", "Requests in flight.", ())
+        # Summed over live workers (the others' gauges are "mostrecent": one value for the deployment).
+        self.inflight = _Cached(
+            Gauge(
+                "llm_gateway_inflight_requests",
+                "LLM requests in flight (streams until their last chunk), sampled each second and at scrape.",
+                (),
+                registry=r,
+                **({"multiprocess_mode": "livesum"} if self.multiprocess else {}),  # type: ignore[arg-type]
+            )
+        )
+        self.shed = counter(
+            "llm_gateway_shed_requests",
+            "Requests refused at the in-flight cap (server.max_in_flight), by inbound wire.",
+            ("wire",),
+        )
 
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST
