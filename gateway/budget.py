@@ -61,6 +61,7 @@ class Reservation:
     mode: str  # "store" | "local" (fail-open guard) | "none" (no budget, no limits)
     rate_remaining: dict[str, int] = field(default_factory=dict)
     lease_ttl_ms: int = 0  # how long the store keeps the lease before charging it in full
+    reserved_at: float = 0.0  # time.monotonic() when the store took it: the lease's TTL runs from here
 
 
 @dataclass(slots=True)
@@ -129,20 +130,29 @@ class _LocalGuard:
 
 
 class LeaseKeeper:
-    """Renews one lease every half TTL, on a loop timer: nothing runs per chunk."""
+    """Renews one lease every half TTL, counted from the reservation (the first chunk may come long
+    after it), on a loop timer: nothing runs per chunk. Stops itself once the lease is gone."""
 
     __slots__ = ("_interval_s", "_manager", "_res", "_tasks", "_timer")
 
     def __init__(self, manager: BudgetManager, res: Reservation, tasks: TaskGroup) -> None:
         self._manager, self._res, self._tasks = manager, res, tasks
         self._interval_s = res.lease_ttl_ms / 2000
-        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
-            self._interval_s, self._tick
-        )
+        first = max(0.0, res.reserved_at + self._interval_s - time.monotonic())
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(first, self._tick)
 
     def _tick(self) -> None:
-        self._tasks.spawn(self._manager.renew(self._res), name="lease-renew")
+        self._tasks.spawn(self._renew(), name="lease-renew")
         self._timer = asyncio.get_running_loop().call_later(self._interval_s, self._tick)
+
+    async def _renew(self) -> None:
+        if not await self._manager.renew(self._res) and self.running:
+            log.warning("lease %s expired into spend before its stream ended", self._res.lease_id)
+            self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._timer is not None
 
     def stop(self) -> None:
         if self._timer is not None:
@@ -239,6 +249,7 @@ class BudgetManager:
                 count_denial=final,
             )
         )
+        asked_at = time.monotonic()  # the store counts the lease's TTL from about now (req.now_ms)
         try:
             admission = await self.store.admit(principal.team.name, req, probe)
         except asyncio.CancelledError:
@@ -275,6 +286,7 @@ class BudgetManager:
             "store",
             result.rate_remaining,
             ask.lease_ttl_ms,
+            asked_at,
         )
 
     def keep_lease(self, res: Reservation, tasks: TaskGroup) -> LeaseKeeper | None:
@@ -287,17 +299,17 @@ class BudgetManager:
             return None
         return LeaseKeeper(self, res, tasks)
 
-    async def renew(self, res: Reservation) -> None:
+    async def renew(self, res: Reservation) -> bool:
+        """Push the lease's expiry a TTL ahead. False once it is gone (settled or expired); True when
+        it is alive or the store could not say (the next tick tries again)."""
         try:
-            alive = await self.store.renew_lease(
+            return await self.store.renew_lease(
                 res.team, res.lease_id, int(time.time() * 1000) + res.lease_ttl_ms
             )
         except StoreError as exc:  # retried at the next tick; a lease that expires meanwhile over-charges
             self.metrics.store_errors.labels("renew").inc()
             log.warning("renewing lease %s failed: %s", res.lease_id, exc)
-            return
-        if not alive:
-            log.warning("lease %s expired into spend before its stream ended", res.lease_id)
+            return True
 
     def _release_unanswered(self, req: ReserveRequest, status: int) -> None:
         """A reservation whose answer never came back may exist in the store: queue its release at $0
@@ -529,38 +541,35 @@ class BudgetManager:
         while self.pending_settles:
             batch = list(itertools.islice(self.pending_settles, _BATCH))
             results = await self.store.settle_many(batch)
-            rejected: list[tuple[Settlement, StoreError]] = []
+            rejected = [s for s, answer in zip(batch, results, strict=True) if isinstance(answer, StoreError)]
+            if rejected:  # on disk before they leave the queue: a failed write keeps them queued
+                self._set_aside(rejected, [], _first_error(results))
             for settlement, settled in zip(batch, results, strict=True):
                 self.pending_settles.popleft()
-                if isinstance(settled, StoreError):
-                    rejected.append((settlement, settled))
-                elif not settled and not settlement.unanswered:
+                if settled is False and not settlement.unanswered:
                     log.warning(
                         "lease %s had already expired into spend; actual cost %s not applied twice",
                         settlement.lease_id,
                         nano_to_usd_str(settlement.cost_nano),
                     )
-            if rejected:
-                self._set_aside([s for s, _ in rejected], [], rejected[0][1])
         while self.pending:
             batch_records = list(itertools.islice(self.pending, _BATCH))
             answers = await self.store.record_many([(t, r, c, n, s) for t, r, c, n, s in batch_records])
-            refused: list[_Queued] = []
-            for queued, answer in zip(batch_records, answers, strict=True):
-                self.pending.popleft()
-                if isinstance(answer, StoreError):
-                    refused.append(queued)
-                elif queued[4]:
-                    self.guard.adjust(queued[4], -queued[2])  # now counted in the store, not only here
+            refused = [
+                q for q, answer in zip(batch_records, answers, strict=True) if isinstance(answer, StoreError)
+            ]
             if refused:
-                first = next(a for a in answers if isinstance(a, StoreError))
-                self._set_aside([], refused, first)
+                self._set_aside([], refused, _first_error(answers))
+            for (_team, _record, cost, _tokens, scopes), answer in zip(batch_records, answers, strict=True):
+                self.pending.popleft()
+                if scopes and not isinstance(answer, StoreError):
+                    self.guard.adjust(scopes, -cost)  # now counted in the store, not only here
 
     def _set_aside(self, settles: list[Settlement], records: list[_Queued], error: StoreError) -> None:
-        """Items the store refused one by one (a script error: corrupt lease data, a replica running
-        other scripts). Retrying cannot fix them, and left in the queue they would block every later
-        settlement, so they go to a ``rejected-*.jsonl`` file (the spill format, never replayed on
-        its own: rename it to ``spill-*.jsonl`` to replay it once the cause is fixed)."""
+        """Items the store refused one by one (a Lua runtime error: corrupt lease data, a script from
+        another version). Retrying cannot fix them, and left in the queue they would block every later
+        settlement, so they go to a ``rejected-*.jsonl`` file (the spill format) for an operator: never
+        replayed on its own, since a script that failed part-way may have applied part of its writes."""
         count = len(settles) + len(records)
         self.metrics.store_errors.labels("rejected").inc(count)
         lines = _queue_lines(settles, records)
@@ -638,6 +647,10 @@ class BudgetManager:
 
 
 _Queued = tuple[str, dict[str, Any], int, int, list[ScopeLimit]]  # team, record, cost, tokens, scopes
+
+
+def _first_error(answers: list[bool | StoreError]) -> StoreError:
+    return next(a for a in answers if isinstance(a, StoreError))
 
 
 def _queue_lines(settles: list[Settlement], records: list[_Queued]) -> list[bytes]:

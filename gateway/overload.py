@@ -1,10 +1,10 @@
 """Load shedding: a cap on the LLM requests one worker has in flight.
 
-Each request in flight holds its buffers, its upstream connection and its stream (~60 KB measured in
-`loadtests/RESULTS.md`), so without a cap a burst grows the worker's memory with the burst and keeps
-it. Past the cap a request is answered at once, before authentication or any budget work, with the
-provider's own "overloaded" answer (OpenAI: 503, Anthropic: 529, both with ``Retry-After``), which
-the official SDKs retry with backoff. Nothing was reserved, so nothing is charged or ledgered.
+Each request in flight holds its upstream call, its buffers and its reservation; without a cap a burst
+grows all of them with the burst. Past the cap a request is answered as soon as its body is in and it
+carries a key (a slow or anonymous sender holds no place), before the key is checked or any budget work,
+with the provider's own "overloaded" answer (OpenAI: 503, Anthropic: 529, both with ``Retry-After``),
+which the official SDKs retry with backoff. Nothing was reserved, so nothing is charged or ledgered.
 """
 
 from __future__ import annotations

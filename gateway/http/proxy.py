@@ -129,68 +129,59 @@ def error_response(err: GatewayError, wire: str, request_id: str) -> web.Respons
 async def handle_llm(request: web.Request, wire: str, operation: str) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     limit = gateway.in_flight
-    try:
-        limit.enter()
-    except Overloaded as err:
-        return _shed(gateway, request, wire, operation, err)
-    try:
-        return await _serve_llm(request, gateway, wire, operation)
-    finally:
-        limit.leave()  # after the whole answer: a stream holds its place until its last chunk
-
-
-def _shed(gateway: Gateway, request: web.Request, wire: str, operation: str, err: Overloaded) -> web.Response:
-    """Refused at the in-flight cap: the body is never read, nothing is reserved or ledgered."""
-    request_id = client_request_id(request) or gateway.ids.next()
-    response = error_response(err, wire, request_id)
-    gateway.metrics.shed.labels(wire).inc()
-    _access_log(gateway, None, request_id, response.status, wire, err.message)
-    _count_failure(gateway, None, operation, response.status)
-    return response
-
-
-async def _serve_llm(request: web.Request, gateway: Gateway, wire: str, operation: str) -> web.StreamResponse:
     # The gateway's own id keys the lease and the ledger record, so a client that reuses an id can never
     # collide with another request; the caller's id is what the response echoes.
     internal_id = gateway.ids.next()
     client_id = client_request_id(request)
     request_id = client_id or internal_id
     ctx: RequestContext | None = None
+    admitted = False
     try:
-        body, encoded = await read_json(request, gateway.config.source.server.max_body_bytes)
-        key = api_key_of(request)
-        if not key:  # auth before the shape check: an anonymous caller learns nothing
-            raise AuthenticationFailed("missing API key: send `Authorization: Bearer <virtual key>`")
-        CHECKS[(wire, operation)](body)
-        ctx = RequestContext(
-            request_id=internal_id,
-            client_request_id=client_id,
-            inbound=wire,
-            operation=operation,
-            body=body,
-            encoded_body=encoded,
-            headers=end_to_end_headers(request.headers),
-            api_key=key,
-        )
-        result = await gateway.pipeline.handle(ctx)
-    except asyncio.CancelledError:
-        # The client went away before the answer (nginx's 499). The pipeline has settled or released
-        # what it reserved; the request still counts in the access log and the error-rate metrics.
-        _access_log(gateway, ctx, request_id, 499, wire, "client disconnected")
-        _count_failure(gateway, ctx, operation, 499)
-        raise
-    except GatewayError as err:
-        _access_log(gateway, ctx, request_id, err.status, wire, err.message)
-        _count_failure(gateway, ctx, operation, err.status)
-        return error_response(err, wire, request_id)
-    except Exception:
-        log.exception("unexpected error", extra={"request_id": request_id})
-        _count_failure(gateway, ctx, operation, 500)
-        return error_response(GatewayError("internal gateway error"), wire, request_id)
-    headers = {**result.headers, **_id_headers(wire, request_id)}
-    if isinstance(result, Reply):
-        return await _write_reply(request, result, headers, ctx, request_id, wire)
-    return await _write_stream(request, result, headers, ctx, request_id, wire)
+        try:
+            body, encoded = await read_json(request, gateway.config.source.server.max_body_bytes)
+            key = api_key_of(request)
+            if not key:  # auth before the shape check: an anonymous caller learns nothing
+                raise AuthenticationFailed("missing API key: send `Authorization: Bearer <virtual key>`")
+            # A place in flight is taken once the body is in and a key is present, so a slow or
+            # anonymous sender holds none; refused here (Overloaded), nothing has been reserved.
+            limit.enter()
+            admitted = True
+            CHECKS[(wire, operation)](body)
+            ctx = RequestContext(
+                request_id=internal_id,
+                client_request_id=client_id,
+                inbound=wire,
+                operation=operation,
+                body=body,
+                encoded_body=encoded,
+                headers=end_to_end_headers(request.headers),
+                api_key=key,
+            )
+            result = await gateway.pipeline.handle(ctx)
+        except asyncio.CancelledError:
+            # The client went away before the answer (nginx's 499). The pipeline has settled or released
+            # what it reserved; the request still counts in the access log and the error-rate metrics.
+            _access_log(gateway, ctx, request_id, 499, wire, "client disconnected")
+            _count_failure(gateway, ctx, operation, 499)
+            raise
+        except GatewayError as err:
+            response = error_response(err, wire, request_id)  # its status may depend on the wire
+            if isinstance(err, Overloaded):
+                gateway.metrics.shed.labels(wire).inc()
+            _access_log(gateway, ctx, request_id, response.status, wire, err.message)
+            _count_failure(gateway, ctx, operation, response.status)
+            return response
+        except Exception:
+            log.exception("unexpected error", extra={"request_id": request_id})
+            _count_failure(gateway, ctx, operation, 500)
+            return error_response(GatewayError("internal gateway error"), wire, request_id)
+        headers = {**result.headers, **_id_headers(wire, request_id)}
+        if isinstance(result, Reply):
+            return await _write_reply(request, result, headers, ctx, request_id, wire)
+        return await _write_stream(request, result, headers, ctx, request_id, wire)
+    finally:
+        if admitted:
+            limit.leave()  # after the whole answer: a stream holds its place until its last chunk
 
 
 async def _write_reply(

@@ -63,6 +63,13 @@ def _noscript(reply: Any) -> bool:
 _UNLOCK_OWNED = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0"
 
 
+def _script_fault(reply: Any) -> bool:
+    """A Lua runtime error in this call's own script run (Redis 7: ``ERR user_script:<line>: ...``):
+    the item's data is at fault and a retry fails the same way. Every other error (LOADING, BUSY, OOM,
+    READONLY after a failover, CLUSTERDOWN) is the server's state and passes: the batch is retried."""
+    return isinstance(reply, ReplyError) and str(reply).startswith("ERR user_script:")
+
+
 def _truth(answer: Any) -> bool | StoreError:
     return answer if isinstance(answer, StoreError) else bool(answer)
 
@@ -267,8 +274,8 @@ class RedisStore:
         return bool(await self._call(self._settle, *self._settle_call(settlement)))
 
     async def settle_many(self, settlements: list[Settlement]) -> list[bool | StoreError]:
-        """Many settlements in one round trip (a pipeline of settle scripts). A script that fails
-        for one item is that item's error: the others are applied, and retrying it cannot help."""
+        """Many settlements in one round trip (a pipeline of settle scripts). A Lua runtime error on
+        one item is that item's error (retrying cannot help); the others are applied."""
         calls = [self._settle_call(s) for s in settlements]
         return [_truth(r) for r in await self._call_many(self._settle, calls, per_item=True)]
 
@@ -282,7 +289,7 @@ class RedisStore:
     async def _call_many(
         self, script: _Script, calls: list[tuple[list[str], list[Any]]], *, per_item: bool = False
     ) -> list[Any]:
-        """``per_item``: a script error answers that item with a StoreError instead of failing all."""
+        """``per_item``: a Lua runtime error answers that item with a StoreError instead of failing all."""
         if not calls:
             return []
         results: list[Any] = [None] * len(calls)
@@ -293,7 +300,7 @@ class RedisStore:
             for i, answer in zip(todo, answers, strict=True):
                 if _noscript(answer):
                     missing.append(i)  # only these re-run: the others are applied already
-                elif isinstance(answer, ReplyError) and per_item:
+                elif per_item and _script_fault(answer):
                     results[i] = StoreError(f"redis: {answer}")
                 elif isinstance(answer, ReplyError | Exception):
                     raise StoreError(f"redis: {answer}")

@@ -12,6 +12,7 @@ import http.client
 import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,8 @@ def test_a_stream_longer_than_its_lease_is_charged_its_actual_cost(gw: GatewayPr
     scope = _spent(gw)
     assert Decimal(scope["spent_usd"]) == stream_cost + short_cost, (scope, stream_cost, short_cost)
     # The ledger agrees: two records, both metered (an expired lease's record is marked estimated).
-    status, spend, _ = http_json("GET", gw.url + "/admin/spend?team=long", headers=ADMIN)
+    until = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%d")  # the default is now, to the second
+    status, spend, _ = http_json("GET", gw.url + f"/admin/spend?team=long&until={until}", headers=ADMIN)
     assert status == 200, spend
     totals = spend["totals"]
     assert totals["requests"] == 2 and not float(totals["estimated_share"]), totals

@@ -6,7 +6,9 @@ StoreError, as RedisStore does when Redis cannot answer.
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +33,9 @@ from gateway.store.base import (
     StoreError,
 )
 from gateway.store.memory import MemoryStore
+from gateway.store.redis import _script_fault
+from gateway.store.resp import ReplyError
+from gateway.tasks import TaskGroup
 
 # 2026-11-28 is a Saturday; 12:00:15 UTC leaves 45 s in the rate-limit window.
 NOW = datetime(2026, 11, 28, 12, 0, 15, tzinfo=UTC)
@@ -416,3 +421,48 @@ async def test_record_while_down_is_queued(store: FlakyStore, metrics: Metrics) 
     store.down = False
     await mgr.drain(5)
     assert await team_usage(store, p) == ScopeUsage(7, 1, 0, 0, 0, 0)
+
+
+# ---------------------------------------------------------------------------- lease renewal
+
+
+async def test_the_first_renewal_is_timed_from_the_reservation(store: FlakyStore, metrics: Metrics) -> None:
+    """A stream whose first chunk came late must not wait another half TTL for its first renewal."""
+    mgr = BudgetManager(store, metrics)
+    res = await mgr.reserve(principal(budget(10**12)), ask(), now=NOW)
+    expires_before = store.book.leases[res.lease_id].expires_ms
+    res.reserved_at -= 40  # 40 s ago; the TTL is 60 s, so a renewal is 10 s overdue
+    tasks = TaskGroup()
+    keeper = mgr.keep_lease(res, tasks)
+    assert keeper is not None
+    await asyncio.sleep(0.05)
+    assert store.book.leases[res.lease_id].expires_ms >= int(time.time() * 1000) + 59_000 > expires_before
+    keeper.stop()
+    await tasks.drain(1)
+
+
+async def test_the_keeper_stops_once_its_lease_is_gone(store: FlakyStore, metrics: Metrics) -> None:
+    mgr = BudgetManager(store, metrics)
+    short = ask()
+    short.lease_ttl_ms = 100  # a renewal every 50 ms
+    res = await mgr.reserve(principal(budget(10**12)), short, now=NOW)
+    tasks = TaskGroup()
+    keeper = mgr.keep_lease(res, tasks)
+    assert keeper is not None and keeper.running
+    await mgr.settle(res, 1_000, 10, ledger_record(res, 1_000))
+    await asyncio.sleep(0.2)
+    assert not keeper.running, "renewing a settled lease stops the keeper"
+    await tasks.drain(1)
+
+
+def test_only_a_lua_runtime_error_is_the_items_own() -> None:
+    assert _script_fault(ReplyError("ERR user_script:78: attempt to perform arithmetic on a nil value"))
+    for passing in (
+        "LOADING Redis is loading the dataset in memory",
+        "BUSY Redis is busy running a script",
+        "OOM command not allowed when used memory > 'maxmemory'. script: 3d5b, on @user_script:12.",
+        "READONLY You can't write against a read only replica. script: 3d5b, on @user_script:12.",
+        "NOSCRIPT No matching script",
+    ):
+        assert not _script_fault(ReplyError(passing)), passing
+    assert not _script_fault(1)
