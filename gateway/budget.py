@@ -33,6 +33,7 @@ from gateway.observability.metrics import Metrics
 from gateway.periods import period_bounds, seconds_until_reset
 from gateway.store.base import (
     CacheProbe,
+    Charge,
     RateLimit,
     ReserveRequest,
     ReserveResult,
@@ -166,7 +167,7 @@ class BudgetManager:
         self.metrics = metrics
         self.replicas = expected_replicas
         self.guard = _LocalGuard()
-        self.pending: deque[_Queued] = deque()
+        self.pending: deque[Charge] = deque()
         self.pending_settles: deque[Settlement] = deque()
         self.utilization: dict[str, float] = {}  # team -> last known share of its budget used
         self._crossed: dict[str, float] = {}
@@ -554,7 +555,7 @@ class BudgetManager:
                     )
         while self.pending:
             batch_records = list(itertools.islice(self.pending, _BATCH))
-            answers = await self.store.record_many([(t, r, c, n, s) for t, r, c, n, s in batch_records])
+            answers = await self.store.record_many(batch_records)
             refused = [
                 q for q, answer in zip(batch_records, answers, strict=True) if isinstance(answer, StoreError)
             ]
@@ -565,7 +566,7 @@ class BudgetManager:
                 if scopes and not isinstance(answer, StoreError):
                     self.guard.adjust(scopes, -cost)  # now counted in the store, not only here
 
-    def _set_aside(self, settles: list[Settlement], records: list[_Queued], error: StoreError) -> None:
+    def _set_aside(self, settles: list[Settlement], records: list[Charge], error: StoreError) -> None:
         """Items the store refused one by one (a Lua runtime error: corrupt lease data, a script from
         another version). Retrying cannot fix them, and left in the queue they would block every later
         settlement, so they go to a ``rejected-*.jsonl`` file (the spill format) for an operator: never
@@ -646,14 +647,11 @@ class BudgetManager:
         return count
 
 
-_Queued = tuple[str, dict[str, Any], int, int, list[ScopeLimit]]  # team, record, cost, tokens, scopes
-
-
 def _first_error(answers: list[bool | StoreError]) -> StoreError:
     return next(a for a in answers if isinstance(a, StoreError))
 
 
-def _queue_lines(settles: list[Settlement], records: list[_Queued]) -> list[bytes]:
+def _queue_lines(settles: list[Settlement], records: list[Charge]) -> list[bytes]:
     lines = [
         jsonutil.dumps(
             {
