@@ -8,9 +8,10 @@ an unconfigured gateway exposes no admin surface at all.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from gateway.periods import period_bounds
 from gateway.store.base import KeyRecord, ScopeLimit, StoreError
 
 Handler = Any
+log = logging.getLogger("gateway.admin")
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -50,6 +52,9 @@ def admin(handler: Handler) -> Handler:
             return error_response(err, "openai", request_id)
         except StoreError as exc:
             return error_response(StoreUnavailable(f"store unavailable: {exc}"), "openai", request_id)
+        except Exception:  # a bug answers in the API's error shape, never with aiohttp's plain-text 500
+            log.exception("unexpected error in the admin API", extra={"request_id": request_id})
+            return error_response(GatewayError("internal gateway error"), "openai", request_id)
 
     return wrapped
 
@@ -165,7 +170,8 @@ async def _records(request: web.Request) -> tuple[list[dict[str, Any]], int, int
     gateway = request.app[GATEWAY]
     q = request.query
     since_s = q.get("since") or datetime.now(UTC).strftime("%Y-%m-01")
-    until_s = q.get("until") or datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S") + "Z"
+    # ``until`` is exclusive: the default is a millisecond past now, so this second's records count too.
+    until_s = q.get("until") or (datetime.now(UTC) + timedelta(milliseconds=1)).isoformat()
     try:
         since, until = report.parse_since_until(since_s, until_s)
     except ValueError as exc:

@@ -624,6 +624,8 @@ def test_parse_since_until() -> None:
         ("2026-11-01", "2026-11-01"),
         ("soon", "2026-11-01"),
         ("2026-13-01", "2026-12-01"),
+        ("0001-01-01T00:00:00+01:00", "2026-12-01"),  # before year 1 in UTC
+        ("2026-11-01", "9999-12-31T23:59:59-01:00"),  # after year 9999 in UTC
     ]:
         with pytest.raises(ValueError):
             parse_since_until(since, until)
