@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,7 +34,9 @@ def spend(gw: GatewayProc, **query: str) -> tuple[int, Any]:
 
 def test_the_default_window_counts_this_seconds_requests(gw: GatewayProc) -> None:
     chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "count me"}]}
-    status, _, _ = http_json("POST", gw.url + "/v1/chat/completions", chat, {"authorization": "Bearer sk-demo"})
+    status, _, _ = http_json(
+        "POST", gw.url + "/v1/chat/completions", chat, {"authorization": "Bearer sk-demo"}
+    )
     assert status == 200
     # The ledger is written after the answer: wait until a window that surely holds it sees it.
     deadline = time.monotonic() + 10
