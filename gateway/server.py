@@ -28,6 +28,7 @@ from gateway.config.runtime import Config
 from gateway.config.yamlsource import ConfigError
 from gateway.core import Gateway
 from gateway.http.admin import add_admin_routes
+from gateway.http.front import Front, FrontSite
 from gateway.http.proxy import GATEWAY
 from gateway.http.routes import add_routes, not_found
 
@@ -73,17 +74,28 @@ async def _serve(config: Config, host: str, port: int, reuse_port: bool) -> None
         log.info("mock provider listening", extra={"url": f"http://127.0.0.1:{mock_port}"})
     gateway = Gateway(config)
     app = make_app(gateway)
+    front = Front(gateway)
+    grace = config.source.server.shutdown_grace_s
     # handler_cancellation: a client that disconnects cancels its handler at once, which closes the
     # upstream request instead of letting it run (and bill) to the end; the pipeline settles it.
     runner = web.AppRunner(
         app,
         handle_signals=False,
         access_log=None,
-        shutdown_timeout=config.source.server.shutdown_grace_s,
+        shutdown_timeout=grace,
         handler_cancellation=True,
     )
+
+    async def drain(app: web.Application) -> None:
+        # runner.cleanup calls this after the site stops accepting: the front's connections and those
+        # aiohttp serves drain side by side, within one grace period (aiohttp's own pass then finds
+        # nothing left). Then on_cleanup flushes settlements and the ledger.
+        assert runner.server is not None
+        await asyncio.gather(front.shutdown(grace), runner.server.shutdown(grace))
+
+    app.on_shutdown.append(drain)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
+    site = FrontSite(runner, front, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
     # Everything built so far (modules, config, rules, encodings, pools) is long-lived: freezing it keeps
     # every full collection from walking it again. Measured: full collections under load paused the loop

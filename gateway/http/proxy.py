@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -34,24 +34,24 @@ _SSE_HEADERS = {
 }
 
 
-def client_request_id(request: web.Request) -> str | None:
+def client_request_id(headers: CIMultiDictProxy[str]) -> str | None:
     """The caller's own request id (echoed back and kept in the ledger), if it sent a sane one."""
-    given = request.headers.get("x-request-id") or request.headers.get("request-id")
+    given = headers.get("x-request-id") or headers.get("request-id")
     if given and len(given) <= 128 and given.isprintable():
         return given
     return None
 
 
 def request_id_of(request: web.Request) -> str:
-    return client_request_id(request) or request.app[GATEWAY].ids.next()
+    return client_request_id(request.headers) or request.app[GATEWAY].ids.next()
 
 
-def api_key_of(request: web.Request) -> str | None:
-    auth = request.headers.get("authorization")
+def api_key_of(headers: CIMultiDictProxy[str]) -> str | None:
+    auth = headers.get("authorization")
     if auth:
         scheme, _, token = auth.partition(" ")
         return token.strip() if scheme.lower() == "bearer" else None
-    return request.headers.get("x-api-key") or request.headers.get("api-key")
+    return headers.get("x-api-key") or headers.get("api-key")
 
 
 # orjson parses up to 1024 levels of nesting but encodes at most 253: a body between the two
@@ -80,9 +80,9 @@ async def read_body(request: web.Request, limit: int) -> bytearray:
     return raw
 
 
-async def read_json(request: web.Request, limit: int) -> tuple[dict[str, Any], bytes]:
+async def read_json(source: web.Request | Exchange, limit: int) -> tuple[dict[str, Any], bytes]:
     """The body, and its JSON as the gateway encodes it (what goes upstream when nothing changes)."""
-    raw = await read_body(request, limit)
+    raw = await (read_body(source, limit) if isinstance(source, web.Request) else source.read_body(limit))
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
@@ -120,26 +120,87 @@ def _id_headers(wire: str, request_id: str) -> dict[str, str]:
     )
 
 
-def error_response(err: GatewayError, wire: str, request_id: str) -> web.Response:
+def error_parts(err: GatewayError, wire: str, request_id: str) -> tuple[int, dict[str, str], bytes]:
     status, body, headers = render(err, wire, request_id)
     headers.update(_id_headers(wire, request_id))
+    return status, headers, body
+
+
+def error_response(err: GatewayError, wire: str, request_id: str) -> web.Response:
+    status, headers, body = error_parts(err, wire, request_id)
     return web.Response(status=status, body=body, content_type="application/json", headers=headers)
 
 
-async def handle_llm(request: web.Request, wire: str, operation: str) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
+class Exchange(Protocol):
+    """One request and its answer, whichever server read it: aiohttp's (``AiohttpExchange``) or the
+    lean front for plain requests (``gateway.http.front``). ``handle_llm`` sees only this."""
+
+    headers: CIMultiDictProxy[str]
+
+    async def read_body(self, limit: int) -> bytes | bytearray: ...
+
+    async def reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        """Send a whole JSON answer. A client already gone is not an error here."""
+
+    async def start_stream(self, headers: dict[str, str]) -> None:
+        """Send a 200's head; the body follows as ``write`` calls and ends when the handler returns."""
+
+    async def write(self, chunk: bytes) -> None:
+        """Send one piece of the stream (never empty); ConnectionResetError when the client is gone."""
+
+
+class AiohttpExchange:
+    """The exchange over aiohttp's request: every request the lean front does not take."""
+
+    __slots__ = ("headers", "request", "response")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.headers = request.headers
+        self.response: web.StreamResponse | None = None
+
+    async def read_body(self, limit: int) -> bytearray:
+        return await read_body(self.request, limit)
+
+    async def reply(self, status: int, headers: dict[str, str], body: bytes) -> None:
+        response = web.Response(status=status, body=body, content_type="application/json", headers=headers)
+        self.response = response
+        try:
+            await response.prepare(self.request)
+            await response.write_eof()
+        except ConnectionError:
+            pass  # the client went away: aiohttp's finish sees it too
+
+    async def start_stream(self, headers: dict[str, str]) -> None:
+        response = web.StreamResponse(status=200, headers=headers)
+        self.response = response
+        await response.prepare(self.request)
+
+    async def write(self, chunk: bytes) -> None:
+        assert self.response is not None
+        await self.response.write(chunk)
+
+
+async def handle_aiohttp(request: web.Request, wire: str, operation: str) -> web.StreamResponse:
+    exchange = AiohttpExchange(request)
+    await handle_llm(request.app[GATEWAY], exchange, wire, operation)
+    assert exchange.response is not None  # handle_llm always answers, or raises
+    return exchange.response
+
+
+async def handle_llm(gateway: Gateway, exchange: Exchange, wire: str, operation: str) -> None:
     limit = gateway.in_flight
     # The gateway's own id keys the lease and the ledger record, so a client that reuses an id can never
     # collide with another request; the caller's id is what the response echoes.
     internal_id = gateway.ids.next()
-    client_id = client_request_id(request)
+    client_id = client_request_id(exchange.headers)
     request_id = client_id or internal_id
     ctx: RequestContext | None = None
     admitted = False
     try:
         try:
-            body, encoded = await read_json(request, gateway.config.source.server.max_body_bytes)
-            key = api_key_of(request)
+            body, encoded = await read_json(exchange, gateway.config.source.server.max_body_bytes)
+            key = api_key_of(exchange.headers)
             if not key:  # auth before the shape check: an anonymous caller learns nothing
                 raise AuthenticationFailed("missing API key: send `Authorization: Bearer <virtual key>`")
             # A place in flight is taken once the body is in and a key is present, so a slow or
@@ -154,7 +215,7 @@ async def handle_llm(request: web.Request, wire: str, operation: str) -> web.Str
                 operation=operation,
                 body=body,
                 encoded_body=encoded,
-                headers=end_to_end_headers(request.headers),
+                headers=end_to_end_headers(exchange.headers),
                 api_key=key,
             )
             result = await gateway.pipeline.handle(ctx)
@@ -165,51 +226,47 @@ async def handle_llm(request: web.Request, wire: str, operation: str) -> web.Str
             _count_failure(gateway, ctx, operation, 499)
             raise
         except GatewayError as err:
-            response = error_response(err, wire, request_id)  # its status may depend on the wire
+            status, error_headers, payload = error_parts(err, wire, request_id)  # status depends on the wire
             if isinstance(err, Overloaded):
                 gateway.metrics.shed.labels(wire).inc()
-            _access_log(gateway, ctx, request_id, response.status, wire, err.message)
-            _count_failure(gateway, ctx, operation, response.status)
-            return response
+            _access_log(gateway, ctx, request_id, status, wire, err.message)
+            _count_failure(gateway, ctx, operation, status)
+            await exchange.reply(status, error_headers, payload)
+            return
         except Exception:
             log.exception("unexpected error", extra={"request_id": request_id})
             _count_failure(gateway, ctx, operation, 500)
-            return error_response(GatewayError("internal gateway error"), wire, request_id)
+            await exchange.reply(*error_parts(GatewayError("internal gateway error"), wire, request_id))
+            return
         headers = {**result.headers, **_id_headers(wire, request_id)}
         if isinstance(result, Reply):
-            return await _write_reply(request, result, headers, ctx, request_id, wire)
-        return await _write_stream(request, result, headers, ctx, request_id, wire)
+            await _write_reply(gateway, exchange, result, headers, ctx, request_id, wire)
+        else:
+            await _write_stream(gateway, exchange, result, headers, ctx, request_id, wire)
     finally:
         if admitted:
             limit.leave()  # after the whole answer: a stream holds its place until its last chunk
 
 
 async def _write_reply(
-    request: web.Request,
+    gateway: Gateway,
+    exchange: Exchange,
     result: Reply,
     headers: dict[str, str],
     ctx: RequestContext | None,
     request_id: str,
     wire: str,
-) -> web.Response:
+) -> None:
     """Write the answer, then do its bookkeeping: the client does not wait for the settle, the ledger
-    record, the cache fill or the metrics. aiohttp's own finish (after the handler returns) finds the
-    response already sent; a client gone mid-write is aiohttp's to handle, as before."""
-    response = web.Response(
-        status=result.status, body=result.body, content_type="application/json", headers=headers
-    )
+    record, the cache fill or the metrics."""
     try:
-        await response.prepare(request)
-        await response.write_eof()
-    except ConnectionError:
-        pass  # the client went away: aiohttp's finish sees it too; the bookkeeping still runs
+        await exchange.reply(result.status, headers, result.body)
     finally:
         try:
             result.finish()
         except Exception:  # the client has its answer: a bookkeeping bug must not turn it into a 500
             log.exception("request bookkeeping failed", extra={"request_id": request_id})
-        _access_log(request.app[GATEWAY], ctx, request_id, result.status, wire)
-    return response
+        _access_log(gateway, ctx, request_id, result.status, wire)
 
 
 def _count_failure(gateway: Gateway, ctx: RequestContext | None, operation: str, status: int) -> None:
@@ -228,25 +285,25 @@ def _count_failure(gateway: Gateway, ctx: RequestContext | None, operation: str,
 
 
 async def _write_stream(
-    request: web.Request,
+    gateway: Gateway,
+    exchange: Exchange,
     result: StreamReply,
     headers: dict[str, str],
     ctx: RequestContext | None,
     request_id: str,
     wire: str,
-) -> web.StreamResponse:
-    gateway = request.app[GATEWAY]
-    response = web.StreamResponse(status=200, headers={**_SSE_HEADERS, **headers})
+) -> None:
     chunks = result.chunks
     try:
         # Start the stream before the headers go out: a generator closed before its first step skips
         # its ``finally``, which is where the upstream is closed and the request settled.
         first = await anext(chunks, b"")
-        await response.prepare(request)
+        await exchange.start_stream({**_SSE_HEADERS, **headers})
         if first:
-            await response.write(first)
+            await exchange.write(first)
         async for chunk in chunks:
-            await response.write(chunk)
+            if chunk:
+                await exchange.write(chunk)
     except (ConnectionResetError, asyncio.CancelledError):
         # The client went away: stop reading upstream (closing the generator closes the upstream
         # connection) and settle what was delivered.
@@ -254,7 +311,6 @@ async def _write_stream(
         _access_log(gateway, ctx, request_id, 499, wire, "client disconnected")  # the relay counted it
         raise
     _access_log(gateway, ctx, request_id, ctx.status if ctx else 200, wire)
-    return response
 
 
 def _access_log(

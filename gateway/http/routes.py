@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
 from gateway import jsonutil
 from gateway.errors import GatewayError, NotFound
-from gateway.http.proxy import GATEWAY, api_key_of, error_response, handle_llm, request_id_of
+from gateway.http.proxy import GATEWAY, api_key_of, error_response, handle_aiohttp, request_id_of
+
+# The LLM endpoints: path -> (wire format, operation). The lean front (front.py) serves plain requests
+# to these paths itself; aiohttp serves the rest through the same handler.
+LLM_ROUTES: dict[str, tuple[str, str]] = {
+    "/v1/chat/completions": ("openai", "chat"),
+    "/v1/completions": ("openai", "text_completion"),
+    "/v1/embeddings": ("openai", "embeddings"),
+    "/v1/messages": ("anthropic", "chat"),
+}
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
-    return await handle_llm(request, "openai", "chat")
+def _llm_handler(wire: str, operation: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await handle_aiohttp(request, wire, operation)
 
-
-async def completions(request: web.Request) -> web.StreamResponse:
-    return await handle_llm(request, "openai", "text_completion")
-
-
-async def embeddings(request: web.Request) -> web.StreamResponse:
-    return await handle_llm(request, "openai", "embeddings")
-
-
-async def messages(request: web.Request) -> web.StreamResponse:
-    return await handle_llm(request, "anthropic", "chat")
+    return handler
 
 
 async def list_models(request: web.Request) -> web.Response:
@@ -33,7 +34,7 @@ async def list_models(request: web.Request) -> web.Response:
     wire = "anthropic" if "anthropic-version" in request.headers else "openai"
     request_id = request_id_of(request)
     try:
-        principal = await gateway.auth.authenticate(api_key_of(request))
+        principal = await gateway.auth.authenticate(api_key_of(request.headers))
     except GatewayError as err:
         return error_response(err, wire, request_id)
     created = int(time.time())
@@ -90,10 +91,8 @@ async def not_found(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
-    app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_post("/v1/completions", completions)
-    app.router.add_post("/v1/embeddings", embeddings)
-    app.router.add_post("/v1/messages", messages)
+    for path, (wire, operation) in LLM_ROUTES.items():
+        app.router.add_post(path, _llm_handler(wire, operation))
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

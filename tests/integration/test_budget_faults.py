@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -35,6 +35,7 @@ from tests.harness import (
     RedisServer,
     base_config,
     http_json,
+    wait_for,
     write_config,
 )
 
@@ -45,17 +46,6 @@ GPT_IN_NANO, GPT_OUT_NANO = 1000, 2000
 
 def usd_to_nano(text: str) -> int:
     return int(Decimal(text) * 1_000_000_000)
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 20.0, every: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(every)
 
 
 # ---------------------------------------------------------------------- requests
