@@ -172,6 +172,10 @@ class BudgetManager:
         self.utilization: dict[str, float] = {}  # team -> last known share of its budget used
         self._crossed: dict[str, float] = {}
         self._reconciler: asyncio.Task[None] | None = None
+        # One batch write at a time: a batch cancelled after Redis ran it but before its answer arrived
+        # stays queued and is sent again, which costs nothing (a settled lease is gone, records are
+        # deduplicated) but reads in the log as a lease that "expired into spend".
+        self._flushing = asyncio.Lock()
         self._spilled: list[Path] = []
         self.spill_dir: Path | None = None  # where the queue goes if it cannot be written (set by core)
         # Scopes and limits per principal for the current minute: period ids only change on minute
@@ -539,6 +543,10 @@ class BudgetManager:
     async def flush_once(self) -> None:
         """Write queued settlements and records in batches. Safe to repeat after a partial failure:
         a settle whose lease is gone is a no-op and records are deduplicated by request id."""
+        async with self._flushing:
+            await self._flush_batches()
+
+    async def _flush_batches(self) -> None:
         while self.pending_settles:
             batch = list(itertools.islice(self.pending_settles, _BATCH))
             results = await self.store.settle_many(batch)
@@ -583,11 +591,18 @@ class BudgetManager:
     async def drain(self, timeout: float, spill_dir: Path | None = None) -> None:
         """Graceful shutdown: write what is queued within the deadline; if the store cannot take it
         (it is down), spill it to ``spill_dir`` so the next start reconciles it: nothing is lost."""
+        deadline = time.monotonic() + timeout
         if self._reconciler is not None:
-            self._reconciler.cancel()
+            # Let a batch already sent come back (within the deadline): cancelled, it would be resent.
+            try:
+                acquired: bool = await asyncio.wait_for(self._flushing.acquire(), timeout)
+            except TimeoutError:
+                acquired = False
+            self._reconciler.cancel()  # holding the lock, if it came: it stops between two batches
+            if acquired:
+                self._flushing.release()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reconciler
-        deadline = time.monotonic() + timeout
         while (self.pending or self.pending_settles) and time.monotonic() < deadline:
             try:
                 await asyncio.wait_for(self.flush_once(), max(0.01, deadline - time.monotonic()))

@@ -466,3 +466,59 @@ def test_only_a_lua_runtime_error_is_the_items_own() -> None:
     ):
         assert not _script_fault(ReplyError(passing)), passing
     assert not _script_fault(1)
+
+
+class SlowAnswerStore(FlakyStore):
+    """Applies each settle batch at once and holds its answer until ``answer`` is set: the window in
+    which a shutdown used to cancel a batch the store had already applied, and then send it again."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.answer = asyncio.Event()
+        self.sent: list[list[str]] = []
+
+    async def settle_many(self, settlements: list[Settlement]) -> list[bool | StoreError]:
+        results = await super().settle_many(settlements)
+        self.sent.append([s.lease_id for s in settlements])
+        await self.answer.wait()
+        return results
+
+
+async def test_shutdown_waits_for_a_batch_in_flight_instead_of_sending_it_again(
+    tmp_path: Path, metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = SlowAnswerStore(tmp_path / "state")
+    await store.start()
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(10_000_000))
+    res = await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    mgr.submit(res, 300_000, 50, ledger_record(res, 300_000))
+    await asyncio.sleep(0.05)  # the flusher has sent the batch; its answer is on the way
+    assert store.sent == [[res.lease_id]]
+    drain = asyncio.create_task(mgr.drain(5))
+    await asyncio.sleep(0.05)
+    store.answer.set()
+    await drain
+    assert store.sent == [[res.lease_id]], "a batch the store applied was sent a second time"
+    assert "expired into spend" not in caplog.text
+    assert not mgr.pending_settles
+    assert await team_usage(store, p) == ScopeUsage(300_000, 50, 0, 0, 0, 1)
+    await store.close()
+
+
+async def test_shutdown_does_not_wait_past_its_deadline_for_a_batch_in_flight(
+    tmp_path: Path, metrics: Metrics
+) -> None:
+    store = SlowAnswerStore(tmp_path / "state")  # its answer never comes
+    await store.start()
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(10_000_000))
+    res = await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    mgr.submit(res, 300_000, 50, ledger_record(res, 300_000))
+    await asyncio.sleep(0.05)
+    started = time.monotonic()
+    await mgr.drain(0.3, tmp_path / "spill")
+    assert time.monotonic() - started < 2
+    assert list((tmp_path / "spill").glob("spill-*.jsonl")), "what is still queued is spilled, not lost"
+    store.answer.set()
+    await store.close()
