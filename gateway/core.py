@@ -36,7 +36,7 @@ from gateway.routing import Router
 from gateway.store.base import Store, StoreError
 from gateway.store.memory import MemoryStore
 from gateway.store.redis import RedisStore
-from gateway.tasks import TaskGroup
+from gateway.tasks import TaskGroup, cancel_and_wait
 
 log = logging.getLogger("gateway.core")
 
@@ -129,11 +129,7 @@ class Gateway:
         await self.budget.drain(grace_s, self.spill_dir)
         await self.cache.drain()
         self.access_log.flush()
-        for task in self._background:
-            task.cancel()
-        for task in self._background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._background)
         await self.auth.close()
         await self.client.close()
         await self.store.close()

@@ -41,3 +41,21 @@ class TaskGroup:
         _done, pending = await asyncio.wait(set(self._tasks), timeout=timeout)
         for task in pending:
             task.cancel()
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 2.0) -> None:
+    """Cancel long-lived tasks and wait until they end. A library may swallow a cancellation that
+    lands inside one of its calls (redis-py 8 did, and shutdown then waited forever on a periodic
+    job that simply went on): such a task is cancelled again, up to ``timeout``, then left behind
+    with an error in the log rather than hanging the process."""
+    pending = {task for task in tasks if not task.done()}
+    deadline = asyncio.get_running_loop().time() + timeout
+    while pending:
+        for task in pending:
+            task.cancel()
+        left = deadline - asyncio.get_running_loop().time()
+        if left <= 0:
+            names = ", ".join(sorted(task.get_name() for task in pending))
+            log.error("tasks still running after %.1fs of cancellation, left behind: %s", timeout, names)
+            return
+        _done, pending = await asyncio.wait(pending, timeout=min(left, 0.5))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+from collections.abc import Awaitable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, RedisError
@@ -38,6 +39,16 @@ _ROLLUP_TTL_S = 400 * 86400
 _LEDGER_SLACK_MS = 86_400_000  # expired leases land in the stream up to a lease TTL after ts_ms
 # Waiting for a pooled connection: even a hung Redis frees one every socket timeout per pool slot.
 _POOL_WAIT_FACTOR = 10
+
+
+_T = TypeVar("_T")
+
+
+async def _awaited(reply: Awaitable[_T] | _T) -> _T:
+    """redis-py 7's stubs type many asyncio commands as "an awaitable or the value" (shared with the sync
+    client); on ``redis.asyncio`` it is always an awaitable. Off the hot path only (admin, gauges, keys)."""
+    assert isinstance(reply, Awaitable)
+    return await reply
 
 
 def _lua(name: str) -> str:
@@ -126,7 +137,7 @@ class RedisStore:
 
     async def ping(self) -> bool:
         try:
-            return bool(await self.client.ping())
+            return bool(await _awaited(self.client.ping()))
         except (RedisError, OSError):
             return False
 
@@ -155,14 +166,14 @@ class RedisStore:
         )
         try:
             await self.client.set(f"gw:key:{record.sha256}", data)
-            await self.client.hset("gw:keyids", record.key_id, record.sha256)
+            await _awaited(self.client.hset("gw:keyids", record.key_id, record.sha256))
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
 
     async def revoke_key(self, key_id: str) -> bool:
         try:
-            sha = await self.client.hget("gw:keyids", key_id)
-            await self.client.sadd("gw:revoked", key_id)
+            sha = await _awaited(self.client.hget("gw:keyids", key_id))
+            await _awaited(self.client.sadd("gw:revoked", key_id))
             await self.client.incr("gw:revoked:v")
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
@@ -170,8 +181,8 @@ class RedisStore:
 
     async def list_keys(self) -> list[KeyRecord]:
         try:
-            shas = await self.client.hgetall("gw:keyids")
-            revoked = await self.client.smembers("gw:revoked")
+            shas = await _awaited(self.client.hgetall("gw:keyids"))
+            revoked = await _awaited(self.client.smembers("gw:revoked"))
             raws = await self.client.mget([f"gw:key:{_s(s)}" for s in shas.values()]) if shas else []
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
@@ -181,7 +192,7 @@ class RedisStore:
     async def revocations(self) -> tuple[int, frozenset[str]]:
         try:
             version = int(await self.client.get("gw:revoked:v") or 0)
-            ids = await self.client.smembers("gw:revoked") if version else set()
+            ids = await _awaited(self.client.smembers("gw:revoked")) if version else set()
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
         return version, frozenset(_s(i) for i in ids)
@@ -249,7 +260,7 @@ class RedisStore:
         if team in self._known_teams:
             return
         try:
-            await self.client.sadd("gw:teams", team)
+            await _awaited(self.client.sadd("gw:teams", team))
             self._known_teams.add(team)
         except (RedisError, OSError):
             pass  # only the report's team list; retried on the next reserve
@@ -355,7 +366,7 @@ class RedisStore:
     async def scope_usage(self, team: str, scopes: list[ScopeLimit]) -> dict[str, ScopeUsage]:
         fields = [f"{s.counter}|{f}" for s in scopes for f in ("sn", "st", "rn", "rt", "dn", "rq")]
         try:
-            values = await self.client.hmget(_k(team, "budget"), fields) if fields else []
+            values = await _awaited(self.client.hmget(_k(team, "budget"), fields)) if fields else []
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
         nums = [int(v) if v is not None else 0 for v in values]
@@ -363,7 +374,7 @@ class RedisStore:
 
     async def teams(self) -> list[str]:
         try:
-            return sorted(_s(t) for t in await self.client.smembers("gw:teams"))
+            return sorted(_s(t) for t in await _awaited(self.client.smembers("gw:teams")))
         except (RedisError, OSError) as exc:
             raise StoreError(f"redis: {exc}") from exc
 
