@@ -232,8 +232,8 @@ class FrontConnection(asyncio.Protocol):
         self.front.connections.discard(self)
         if self._idle_check is not None:
             self._idle_check.cancel()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_exception(ConnectionResetError("the client closed the connection"))
+        if self._drained is not None:
+            self._drained.cancel()  # a stream waiting for a reader who is gone: it ends as a 499
         if self.task is not None:
             self.task.cancel()  # aiohttp's handler_cancellation: stop the upstream call, settle
 

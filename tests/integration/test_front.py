@@ -225,6 +225,21 @@ def test_a_client_gone_while_waiting_cancels_the_request_at_once(gw: GatewayProc
     assert wait_for("the 499 access log line", lambda: line in gw.proc.log(), timeout=2)
 
 
+def test_a_slow_reader_who_leaves_mid_stream_ends_it_as_a_499(gw: GatewayProc) -> None:
+    """The stream is paused for the reader (the transport's buffer is full) when the reader goes: the
+    wait ends at once, the upstream is closed and nothing is logged as an error."""
+    mark = len(gw.proc.log())
+    slow = Conn(gw.port, rcvbuf=4096)
+    slow.send(post(STREAM, "x-request-id: left-while-paused", "x-mock-completion-tokens: 15000"))
+    time.sleep(1.0)  # megabytes behind a 4 KiB window: the gateway is waiting for this reader
+    slow.close()
+    line = '"request_id":"left-while-paused","status":499'
+    assert wait_for("the 499 access log line", lambda: line in gw.proc.log(), timeout=3)
+    time.sleep(0.2)
+    fresh = gw.proc.log()[mark:]
+    assert '"level":"error"' not in fresh and "never retrieved" not in fresh, fresh[-2000:]
+
+
 @pytest.mark.parametrize(
     "extra",
     [
