@@ -1,5 +1,8 @@
 """App factory, process lifecycle, multi-worker serving and graceful shutdown.
 
+Connections start in the lean front (``http/front.py``), which serves plain LLM requests itself and
+hands any other connection to aiohttp's server, which runs the app built here.
+
 ``--workers N`` starts N processes that each bind the same port with SO_REUSEPORT (the kernel
 spreads connections across them) and share state through Redis; metrics aggregate across
 workers through prometheus-client's multiprocess mode. SIGTERM: stop accepting, let in-flight
