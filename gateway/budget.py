@@ -202,8 +202,20 @@ class BudgetManager:
         self, principal: Principal, ask: Ask, now: datetime | None = None, *, final: bool = True
     ) -> Reservation:
         """``final=False`` for an attempt the caller follows with another if denied: a request's
-        denial is counted (store and metrics) once, on its final attempt."""
-        _, reservation = await self.admit(principal, ask, None, now, final=final)
+        denial is counted (store and metrics) once, on its final attempt.
+
+        A final denial is checked once more after this process settles what it already owes the team:
+        settles are queued after each response, so a client's next request can otherwise find its
+        previous request's lease still reserved and be refused a budget that has room."""
+        owed = final and any(s.team == principal.team.name for s in self.pending_settles)
+        try:
+            _, reservation = await self.admit(principal, ask, None, now, final=final and not owed)
+        except (BudgetExceeded, RateLimited):
+            if not owed:
+                raise
+            with contextlib.suppress(StoreError):  # still queued: the flusher retries; the answer stands
+                await self.flush_once()
+            _, reservation = await self.admit(principal, ask, None, now, final=True)
         assert reservation is not None
         return reservation
 

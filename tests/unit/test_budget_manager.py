@@ -522,3 +522,27 @@ async def test_shutdown_does_not_wait_past_its_deadline_for_a_batch_in_flight(
     assert list((tmp_path / "spill").glob("spill-*.jsonl")), "what is still queued is spilled, not lost"
     store.answer.set()
     await store.close()
+
+
+async def test_a_final_denial_first_settles_what_this_process_owes_the_team(
+    store: FlakyStore, metrics: Metrics
+) -> None:
+    """A client's next request must not be refused because its previous request's settle is still
+    queued (settles are written after the response): the budget has room once that settle lands."""
+    mgr = BudgetManager(store, metrics)
+    p = principal(budget(3_000_000))  # one 2.1 M reservation at a time
+    first = await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    assert first.reserved_nano == 2_100_000
+    mgr.submit(first, 300_000, 50, ledger_record(first, 300_000))  # queued, not yet written
+    assert mgr.pending_settles
+    second = await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    assert second.reserved_nano == 2_100_000 and not mgr.pending_settles
+    assert (await team_usage(store, p)).spent_nano == 300_000
+
+    # Still no room after settling: refused, and the denial is counted once.
+    mgr.submit(second, 2_100_000, 1_100, ledger_record(second, 2_100_000))
+    with pytest.raises(BudgetExceeded):
+        await mgr.reserve(p, ask(prompt=100, out=1_000), now=NOW)
+    usage = await team_usage(store, p)
+    assert usage.spent_nano == 2_400_000 and usage.reserved_nano == 0
+    assert usage.denials == 1
