@@ -21,7 +21,7 @@ from gateway.auth import key_digest, new_key
 from gateway.budget import scopes_for
 from gateway.config.runtime import UNLIMITED, Principal
 from gateway.errors import AuthenticationFailed, GatewayError, InvalidRequest, NotFound, StoreUnavailable
-from gateway.http.proxy import GATEWAY, error_response, read_json, request_id_of
+from gateway.http.proxy import GATEWAY, AiohttpExchange, error_response, read_json, request_id_of
 from gateway.metering import report
 from gateway.metering.pricing import nano_to_usd_str
 from gateway.periods import period_bounds
@@ -62,7 +62,7 @@ def admin(handler: Handler) -> Handler:
 @admin
 async def create_key(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    body, _ = await read_json(request, 64 * 1024)
+    body, _ = await read_json(AiohttpExchange(request), 64 * 1024)
     team, name = body.get("team"), body.get("name", "")
     if not isinstance(team, str) or team not in gateway.config.teams:
         raise InvalidRequest(f"unknown team {team!r}", param="team")

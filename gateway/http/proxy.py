@@ -80,9 +80,9 @@ async def read_body(request: web.Request, limit: int) -> bytearray:
     return raw
 
 
-async def read_json(source: web.Request | Exchange, limit: int) -> tuple[dict[str, Any], bytes]:
+async def read_json(exchange: Exchange, limit: int) -> tuple[dict[str, Any], bytes]:
     """The body, and its JSON as the gateway encodes it (what goes upstream when nothing changes)."""
-    raw = await (read_body(source, limit) if isinstance(source, web.Request) else source.read_body(limit))
+    raw = await exchange.read_body(limit)
     if not raw:
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
