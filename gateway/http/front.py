@@ -133,7 +133,7 @@ class Front:
         self.max_body = gateway.config.source.server.max_body_bytes
         self.connections: set[FrontConnection] = set()
         self.closing = False
-        self.aiohttp_server: Any = None  # aiohttp's protocol factory (web_server.Server), set by the site
+        self.aiohttp_server: web.Server | None = None  # aiohttp's protocol factory, set by the site
         self._date_second = -1
         self._date_line = b""
 
