@@ -32,10 +32,13 @@ from gateway.store.base import (
     StoreError,
     admit_in_steps,
 )
-from gateway.store.resp import ReplyError, RespClient
+from gateway.store.resp import ReplyError, RespClient, join_command, pack, pack_run
 from gateway.store.rollup import hour_bucket, ledger_day
 
 _ROLLUP_TTL_S = 400 * 86400
+_HEAD_ARGS = 8  # EVALSHA, sha, key count, four team keys, one more key: see RedisStore._head
+_RESERVE_ARGS = 9
+_PACKED_CACHE_MAX = 4096
 _LEDGER_SLACK_MS = 86_400_000  # expired leases land in the stream up to a lease TTL after ts_ms
 # Waiting for a pooled connection: even a hung Redis frees one every socket timeout per pool slot.
 _POOL_WAIT_FACTOR = 10
@@ -62,8 +65,8 @@ class _Script:
         self.body = body
         self.sha = hashlib.sha1(body.encode()).hexdigest()
 
-    def command(self, keys: list[str], args: list[Any]) -> tuple[Any, ...]:
-        return ("EVALSHA", self.sha, len(keys), *keys, *args)
+    def command(self, keys: list[str], args: list[Any]) -> bytes:
+        return pack(("EVALSHA", self.sha, len(keys), *keys, *args))
 
 
 def _noscript(reply: Any) -> bool:
@@ -126,6 +129,11 @@ class RedisStore:
         self._expire = _Script(common + _lua("expire.lua"))
         self._renew = _Script(_lua("renew.lua"))
         self._known_teams: set[str] = set()
+        # The parts of the hot path's script calls that are the same on every request of a team (its
+        # keys, its limits), packed once: see ``join_command``. Both caches are bounded by the config's
+        # teams and keys times the open windows, and cleared wholesale if they ever grow past that.
+        self._heads: dict[tuple[str, str, str], bytes] = {}
+        self._limit_runs: dict[tuple[int, int, bool], tuple[object, object, bytes, int]] = {}
 
     async def start(self) -> None:
         """Never fails: the gateway must start while Redis is down (the budget layer decides per team)."""
@@ -142,7 +150,41 @@ class RedisStore:
             return False
 
     async def _call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
-        return (await self._call_many(script, [(keys, args)]))[0]
+        return (await self._call_many(script, [script.command(keys, args)]))[0]
+
+    def _head(self, script: _Script, nkeys: int, team: str, last_key: str) -> bytes:
+        """EVALSHA, the script, the key count, the team's four keys and one more (its rate window,
+        its rollup hour), packed once per team and window: ``_HEAD_ARGS`` arguments."""
+        cache_key = (script.sha, team, last_key)
+        head = self._heads.get(cache_key)
+        if head is None:
+            if len(self._heads) >= _PACKED_CACHE_MAX:  # old windows: dropped wholesale, rebuilt on use
+                self._heads.clear()
+            head = pack_run(("EVALSHA", script.sha, nkeys, *_team_keys(team), _k(team, last_key)))
+            self._heads[cache_key] = head
+        return head
+
+    def _limits_run(self, req: ReserveRequest) -> tuple[bytes, int]:
+        """The reservation's scopes, rate limits and denial flag in RESP, and their count. The budget
+        layer hands every request of a principal the same two lists for a minute: packed once for them
+        (held here, so their ids cannot be reused while cached)."""
+        scopes, limits = req.scopes, req.rate_limits
+        cache_key = (id(scopes), id(limits), req.count_denial)
+        hit = self._limit_runs.get(cache_key)
+        if hit is not None and hit[0] is scopes and hit[1] is limits:
+            return hit[2], hit[3]
+        args: list[Any] = [len(scopes)]
+        for scope in scopes:
+            args += [scope.counter, scope.usd_limit_nano, scope.token_limit]
+        args.append(len(limits))
+        for rl in limits:
+            args += [f"{rl.kind}|{rl.scope}", rl.limit]
+        args.append(1 if req.count_denial else 0)
+        run = pack_run(tuple(args))
+        if len(self._limit_runs) >= _PACKED_CACHE_MAX:
+            self._limit_runs.clear()
+        self._limit_runs[cache_key] = (scopes, limits, run, len(args))
+        return run, len(args)
 
     # ------------------------------------------------------------------ keys
 
@@ -200,8 +242,7 @@ class RedisStore:
     # ------------------------------------------------------------------ budgets
 
     async def reserve(self, req: ReserveRequest) -> ReserveResult:
-        keys, args = self._reserve_call(req)
-        raw = await self._call(self._reserve, keys, args)
+        raw = (await self._call_many(self._reserve, [self._reserve_command(req)]))[0]
         await self._remember_team(req.team)
         return _reserve_result(raw)
 
@@ -210,14 +251,20 @@ class RedisStore:
         the group's slot (Redis Cluster forbids one script across slots), so those take separate calls."""
         if probe is None or probe.slot != team:
             return await admit_in_steps(self, req, probe)
-        keys, args = (
-            self._reserve_call(req) if req is not None else ([*_team_keys(team), _k(team, "rate:0")], [])
-        )
         lock_key = _k(team, f"cl:{probe.key}")
-        keys += [_k(team, f"c:{probe.key}"), lock_key]
-        flags = [1 if probe.read else 0, probe.lock_ms, 1 if req is not None else 0, probe.owner or "1"]
+        # KEYS: the team's four, its rate window, the entry, its lock; ARGV: 4 flags, then reserve.lua's
+        cache_run = (_k(team, f"c:{probe.key}"), lock_key, 1 if probe.read else 0, probe.lock_ms)
+        owner = probe.owner or "1"
+        if req is None:
+            head = self._head(self._admit, 7, team, "rate:0")
+            command = join_command(_HEAD_ARGS + 6, head, pack_run((*cache_run, 0, owner)))
+        else:
+            head = self._head(self._admit, 7, team, _rate_key(req))
+            limits, count = self._limits_run(req)
+            variable = pack_run((*cache_run, 1, owner, *_reserve_args(req)))
+            command = join_command(_HEAD_ARGS + 6 + _RESERVE_ARGS + count, head, variable, limits)
         try:
-            raw = await self._call(self._admit, keys, [*flags, *args])
+            raw = (await self._call_many(self._admit, [command]))[0]
         except asyncio.CancelledError:
             # The caller went away with the script in flight: it may have taken the fill lock, and then
             # identical requests would wait lock_wait_ms for an entry nobody is filling. Release it if it
@@ -234,27 +281,11 @@ class RedisStore:
         await self._remember_team(team)
         return Admission(result=_reserve_result(raw[2:]))
 
-    def _reserve_call(self, req: ReserveRequest) -> tuple[list[str], list[Any]]:
-        window = req.rate_limits[0].window if req.rate_limits else 0
-        args: list[Any] = [
-            req.lease_id,
-            req.now_ms,
-            req.lease_ttl_ms,
-            req.fixed_nano,
-            req.fixed_tokens,
-            req.out_price_pico,
-            req.out_tokens_max,
-            req.out_tokens_min,
-            jsonutil.dumps(req.intent),
-            len(req.scopes),
-        ]
-        for s in req.scopes:
-            args += [s.counter, s.usd_limit_nano, s.token_limit]
-        args.append(len(req.rate_limits))
-        for rl in req.rate_limits:
-            args += [f"{rl.kind}|{rl.scope}", rl.limit]
-        args.append(1 if req.count_denial else 0)
-        return [*_team_keys(req.team), _k(req.team, f"rate:{window}")], args
+    def _reserve_command(self, req: ReserveRequest) -> bytes:
+        """reserve.lua: KEYS the team's four and its rate window; ARGV ``_reserve_args``, then the limits."""
+        head = self._head(self._reserve, 5, req.team, _rate_key(req))
+        limits, count = self._limits_run(req)
+        return join_command(_HEAD_ARGS + _RESERVE_ARGS + count, head, pack_run(_reserve_args(req)), limits)
 
     async def _remember_team(self, team: str) -> None:
         if team in self._known_teams:
@@ -265,48 +296,47 @@ class RedisStore:
         except (RedisError, OSError):
             pass  # only the report's team list; retried on the next reserve
 
-    def _settle_call(self, settlement: Settlement) -> tuple[list[str], list[Any]]:
+    def _settle_command(self, settlement: Settlement) -> bytes:
+        """settle.lua: KEYS the team's four and the record's rollup hour."""
         rec = settlement.record
-        keys = [
-            *_team_keys(settlement.team),
-            _k(settlement.team, f"roll:{hour_bucket(rec['ts_ms'])}"),
-        ]
-        args: list[Any] = [
+        head = self._head(self._settle, 5, settlement.team, f"roll:{hour_bucket(rec['ts_ms'])}")
+        args = (
             settlement.lease_id,
             settlement.cost_nano,
             settlement.tokens,
             jsonutil.dumps(rec),
             _ROLLUP_TTL_S,
             *_rollup_args(rec),
-        ]
-        return keys, args
+        )
+        return join_command(_HEAD_ARGS + len(args), head, pack_run(args))
 
     async def settle(self, settlement: Settlement) -> bool:
-        return bool(await self._call(self._settle, *self._settle_call(settlement)))
+        return bool((await self._call_many(self._settle, [self._settle_command(settlement)]))[0])
 
     async def settle_many(self, settlements: list[Settlement]) -> list[bool | StoreError]:
         """Many settlements in one round trip (a pipeline of settle scripts). A Lua runtime error on
         one item is that item's error (retrying cannot help); the others are applied."""
-        calls = [self._settle_call(s) for s in settlements]
-        return [_truth(r) for r in await self._call_many(self._settle, calls, per_item=True)]
+        commands = [self._settle_command(s) for s in settlements]
+        return [_truth(r) for r in await self._call_many(self._settle, commands, per_item=True)]
 
     async def record_many(self, charges: list[Charge]) -> list[bool | StoreError]:
-        calls = [self._record_call(*charge) for charge in charges]
-        results = await self._call_many(self._record, calls, per_item=True)
+        commands = [self._record.command(*self._record_call(*charge)) for charge in charges]
+        results = await self._call_many(self._record, commands, per_item=True)
         for team, *_ in charges:
             await self._remember_team(team)
         return [_truth(r) for r in results]
 
     async def _call_many(
-        self, script: _Script, calls: list[tuple[list[str], list[Any]]], *, per_item: bool = False
+        self, script: _Script, commands: list[bytes], *, per_item: bool = False
     ) -> list[Any]:
-        """``per_item``: a Lua runtime error answers that item with a StoreError instead of failing all."""
-        if not calls:
+        """``script``'s calls (EVALSHA, packed), loading it on a NOSCRIPT. ``per_item``: a Lua runtime
+        error answers that item with a StoreError instead of failing all."""
+        if not commands:
             return []
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
+        results: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
         for _attempt in range(2):
-            answers = await self.fast.execute_many([script.command(*calls[i]) for i in todo])
+            answers = await self.fast.execute_many([commands[i] for i in todo])
             missing = []
             for i, answer in zip(todo, answers, strict=True):
                 if _noscript(answer):
@@ -486,20 +516,35 @@ def _ledger_entry(fields: Any) -> dict[str, Any]:
 
 
 def _rollup_args(rec: dict[str, Any]) -> list[Any]:
-    """Hourly rollups per model and per tag: cost, requests, input and output tokens."""
+    """Hourly rollups per model and per tag (``add_rollups`` in common.lua): the dimensions, then the
+    cost, input and output tokens that each of them adds (and one request). The script spells the
+    field names, so a request sends 4 + dimensions arguments rather than 8 per dimension."""
     usage = rec.get("usage") or {}
     model = rec.get("served_model") or rec.get("requested_model") or "-"
-    pairs: list[Any] = []
     dims = [f"model={model}"] + [f"tag={k}:{v}" for k, v in (rec.get("tags") or {}).items()]
-    for dim in dims:
-        pairs += [
-            f"{dim}|cost_nano",
-            int(rec.get("cost_nano", 0)),
-            f"{dim}|requests",
-            1,
-            f"{dim}|input_tokens",
-            int(usage.get("input_tokens", 0)),
-            f"{dim}|output_tokens",
-            int(usage.get("output_tokens", 0)),
-        ]
-    return [len(pairs) // 2, *pairs]
+    return [
+        len(dims),
+        *dims,
+        int(rec.get("cost_nano", 0)),
+        int(usage.get("input_tokens", 0)),
+        int(usage.get("output_tokens", 0)),
+    ]
+
+
+def _rate_key(req: ReserveRequest) -> str:
+    return f"rate:{req.rate_limits[0].window if req.rate_limits else 0}"
+
+
+def _reserve_args(req: ReserveRequest) -> tuple[Any, ...]:
+    """reserve.lua's ARGV 1-9 (``_RESERVE_ARGS``): what changes with every request."""
+    return (
+        req.lease_id,
+        req.now_ms,
+        req.lease_ttl_ms,
+        req.fixed_nano,
+        req.fixed_tokens,
+        req.out_price_pico,
+        req.out_tokens_max,
+        req.out_tokens_min,
+        jsonutil.dumps(req.intent),
+    )

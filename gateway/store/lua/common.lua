@@ -58,3 +58,19 @@ local function expire_due(budget, zset, leases, ledger, now, limit)
   for _, id in ipairs(due) do expire_lease(budget, zset, leases, ledger, id, now) end
   return #due
 end
+
+-- Hourly rollups from ARGV[base]: n dimensions ("model=..", "tag=k:v"), the dimensions, then the cost,
+-- input and output tokens each adds, with one request. Values stay strings: HINCRBY parses them exactly.
+local function add_rollups(rollup, base, ttl)
+  local n = tonumber(ARGV[base])
+  if n == 0 then return end
+  local cost, input, output = ARGV[base + n + 1], ARGV[base + n + 2], ARGV[base + n + 3]
+  for i = 1, n do
+    local dim = ARGV[base + i]
+    redis.call('HINCRBY', rollup, dim .. '|cost_nano', cost)
+    redis.call('HINCRBY', rollup, dim .. '|requests', 1)
+    redis.call('HINCRBY', rollup, dim .. '|input_tokens', input)
+    redis.call('HINCRBY', rollup, dim .. '|output_tokens', output)
+  end
+  redis.call('EXPIRE', rollup, ttl)
+end

@@ -1,5 +1,5 @@
 -- KEYS: 1 budget hash, 2 lease expiry zset, 3 leases hash, 4 ledger stream, 5 rollup hash (this hour)
--- ARGV: 1 lease_id, 2 cost_nano, 3 tokens, 4 record json, 5 rollup ttl s, 6 n_rollup, then n x (field, incr)
+-- ARGV: 1 lease_id, 2 cost_nano, 3 tokens, 4 record json, 5 rollup ttl s, 6.. the rollups (add_rollups)
 -- Returns 1 if settled, 0 if the lease was already gone (expired into spend): never counted twice.
 local budget, zset, leases, ledger, rollup = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local id, cost, tokens = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -24,11 +24,7 @@ if tpm ~= '-' and refund > 0 and redis.call('EXISTS', ratekey) == 1 then
   end
 end
 redis.call('XADD', ledger, '*', 'r', ARGV[4])
-local nroll = tonumber(ARGV[6])
-for i = 0, nroll - 1 do
-  redis.call('HINCRBY', rollup, ARGV[7 + 2 * i], ARGV[8 + 2 * i])
-end
-if nroll > 0 then redis.call('EXPIRE', rollup, ARGV[5]) end
+add_rollups(rollup, 6, ARGV[5])
 redis.call('HDEL', leases, id, id .. '|i')
 redis.call('ZREM', zset, id)
 return 1
