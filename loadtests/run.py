@@ -168,10 +168,16 @@ class Durations:
     stream_tokens: int
     soak_sample_s: float = 10.0
     instructions: float = 10.0  # the measured window under callgrind (~30x slower than native)
+    rounds: int = 6  # interleaved throughput rounds, minimal proxy and gateway back to back
+    round_s: float = 5.0
 
     @classmethod
     def pick(cls, quick: bool, override: float | None) -> Durations:
-        d = cls(2, 2, 3, 1, 0, 1, 25, instructions=4) if quick else cls(10, 15, 20, 2, 2, 10, 50)
+        d = (
+            cls(2, 2, 3, 1, 0, 1, 25, instructions=4, rounds=2, round_s=2)
+            if quick
+            else cls(10, 15, 20, 2, 2, 10, 50)
+        )
         if override:
             d.c1 = d.throughput = d.stream = override
         return d
@@ -530,6 +536,8 @@ class Run:
                         warmup=self.dur.throughput_warmup,
                     )
                 self.progress(spec.name, name, m)
+            if spec.kind == "compare":
+                result["rounds"] = self.rounds(spec, dict(targets))
             for name, child in targets:
                 if name != "direct":
                     result["processes"][name] = procstat.memory(child.pid).as_dict()
@@ -537,6 +545,30 @@ class Run:
             for child in started:
                 self.sup.stop(child)
         return result
+
+    def rounds(self, spec: ScenarioSpec, targets: dict[str, Child]) -> list[dict[str, float]]:
+        """The minimal proxy and the gateway at c=16 in short windows back to back, in ABBA order.
+        On a shared VM the machine's speed drifts by 10-30 % over minutes, so two 15-s windows taken
+        a minute apart can move the ratio by more than the code does; rounds taken seconds apart, with
+        the order alternating, cancel that drift, and their spread shows how far one round can move."""
+        pair = [name for name in ("minimal", "gateway") if name in targets]
+        if len(pair) < 2 or self.dur.rounds <= 0:
+            return []
+        out = []
+        for i in range(self.dur.rounds):
+            row: dict[str, float] = {}
+            for name in pair if i % 2 == 0 else reversed(pair):
+                child = targets[name]
+                watch = {"target": child.pid}
+                url = f"http://{HOST}:{child.port}"
+                label = f"{spec.name}-{name}-round{i}"
+                r = self.closed(label, url, spec, THROUGHPUT_CONNECTIONS, self.dur.round_s, watch, warmup=1)
+                row[name] = float(r["rps"])
+            row["ratio"] = round(row["gateway"] / row["minimal"], 3) if row["minimal"] else 0.0
+            out.append(row)
+        ratios = ", ".join(f"{r['ratio']:.3f}" for r in out)
+        print(f"  {spec.name:<13} rounds      gateway / minimal, interleaved: {ratios}", flush=True)
+        return out
 
     def run_workers(self, spec: ScenarioSpec) -> dict[str, Any]:
         up, up_url, impl = self.upstream(spec.upstream)

@@ -155,7 +155,10 @@ def test_report_derives_targets_and_renders() -> None:
     }  # fmt: skip
     results: dict[str, Any] = {
         "scenarios": {"miss_full": {"kind": "compare", "config": "x.yaml", "body": "chat_300.json",
-                                    "measurements": measurements, "processes": {}}},
+                                    "measurements": measurements, "processes": {},
+                                    "rounds": [{"minimal": 2000.0, "gateway": 1300.0, "ratio": 0.65},
+                                               {"minimal": 2100.0, "gateway": 1200.0, "ratio": 0.571},
+                                               {"minimal": 1900.0, "gateway": 1200.0, "ratio": 0.632}]}},
         "meta": {"date": "2026-01-01", "commit": "abc", "machine": {}, "pinning": {"enabled": True}},
     }  # fmt: skip
     results["derived"] = report.derive(results)
@@ -163,6 +166,8 @@ def test_report_derives_targets_and_renders() -> None:
     assert checks["gateway_c1_added_p50_ms"]["value"] == pytest.approx(0.6)
     assert checks["gateway_c1_added_p50_ms"]["pass"] is True
     assert checks["throughput_vs_minimal"]["value"] == 0.75
+    assert checks["throughput_vs_minimal_median"]["value"] == 0.632
+    assert checks["throughput_vs_minimal_median"]["pass"] is True
     assert checks["workers2_scaling"]["pass"] is None
     text = report.render(results)
     assert "| concurrency 1 | gateway | wrk | 1,500 |" in text
