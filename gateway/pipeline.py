@@ -30,13 +30,7 @@ from gateway.dispatch import Dispatched, Dispatcher
 from gateway.errors import BudgetExceeded, GatewayError, ModelNotFound, PolicyDenied
 from gateway.metering import ledger
 from gateway.metering.pricing import Rates, cost_nano, nano_to_usd_str
-from gateway.metering.tokens import (
-    SYSTEM_OVERHEAD_TOKENS,
-    TokenCounter,
-    body_upper_bound_chat,
-    byte_upper_bound_chat,
-    byte_upper_bound_text,
-)
+from gateway.metering.tokens import TokenCounter, byte_upper_bound_chat, byte_upper_bound_text
 from gateway.metering.usage import Usage
 from gateway.observability.metrics import Metrics, status_class
 from gateway.policy.engine import Decision, Facts
@@ -49,7 +43,6 @@ from gateway.request_body import (
     choices,
     client_max_tokens,
     has_images,
-    image_parts,
     last_user_text,
     output_cap_fields,
 )
@@ -252,15 +245,11 @@ class Pipeline:
         """Strict upper bound on prompt tokens without tokenizing (one token covers >= one byte)."""
         if not ctx.prompt_bound:
             body = ctx.body
-            if ctx.operation == "chat" and ctx.encoded_body:
-                messages = body.get("messages")
-                count = len(messages) if isinstance(messages, list) else 1
-                bound = body_upper_bound_chat(len(ctx.encoded_body), count, image_parts(body))
-            elif ctx.operation == "chat":
+            if ctx.operation == "chat":
                 bound = byte_upper_bound_chat(body.get("messages"), body.get("tools"))
                 system = body.get("system")
                 if system is not None:  # Anthropic keeps the system prompt outside messages
-                    bound += len(jsonutil.dumps(system)) + SYSTEM_OVERHEAD_TOKENS
+                    bound += len(jsonutil.dumps(system)) + 4
             else:
                 bound = byte_upper_bound_text(
                     body.get("prompt") if ctx.operation == "text_completion" else body.get("input")

@@ -40,35 +40,9 @@ def has_images(body: dict[str, Any]) -> bool:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             for part in content:
-                if isinstance(part, dict) and part.get("type") in _IMAGE_TYPES:
+                if isinstance(part, dict) and part.get("type") in ("image_url", "image", "input_image"):
                     return True
     return False
-
-
-def image_parts(body: dict[str, Any]) -> int:
-    """Image parts anywhere the token walk prices one: message content, and Anthropic tool results'."""
-    count = 0
-    for message in body.get("messages") or ():
-        if isinstance(message, dict):
-            count += _images_in(message.get("content"))
-    return count
-
-
-def _images_in(content: Any) -> int:
-    if not isinstance(content, list):
-        return 0
-    count = 0
-    for part in content:
-        if isinstance(part, dict):
-            kind = part.get("type")
-            if kind in _IMAGE_TYPES:
-                count += 1
-            elif kind == "tool_result":
-                count += _images_in(part.get("content"))
-    return count
-
-
-_IMAGE_TYPES = frozenset({"image_url", "image", "input_image"})
 
 
 def last_user_text(body: dict[str, Any]) -> str:

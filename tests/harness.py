@@ -18,11 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import orjson
 import yaml
-
-from gateway.metering.tokens import body_upper_bound_chat
-from gateway.request_body import image_parts
 
 ROOT = Path(__file__).resolve().parent.parent
 PRICES = ROOT / "policies" / "prices.yaml"
@@ -244,12 +240,6 @@ def base_config(mock_url: str, **overrides: Any) -> dict[str, Any]:
     for key, value in overrides.items():
         cfg[key] = value
     return cfg
-
-
-def chat_prompt_bound(body: dict[str, Any]) -> int:
-    """The prompt bound the gateway reserves for a chat body it receives: from the body's JSON length
-    (the gateway re-encodes what it parsed with orjson, keeping the key order)."""
-    return body_upper_bound_chat(len(orjson.dumps(body)), len(body["messages"]), image_parts(body))
 
 
 def write_config(tmp: Path, cfg: dict[str, Any], name: str = "gateway.yaml") -> Path:

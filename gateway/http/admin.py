@@ -174,8 +174,8 @@ async def _records(request: web.Request) -> tuple[list[dict[str, Any]], int, int
     until_s = q.get("until") or (datetime.now(UTC) + timedelta(milliseconds=1)).isoformat()
     try:
         since, until = report.parse_since_until(since_s, until_s)
-    except ValueError as exc:
-        raise InvalidRequest(str(exc), param="since") from None
+    except report.TimeWindowError as exc:
+        raise InvalidRequest(str(exc), param=exc.param) from None
     teams = [t for t in q.get("team", "").split(",") if t] or sorted(
         set(gateway.config.teams) | set(await gateway.store.teams())
     )

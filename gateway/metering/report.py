@@ -615,12 +615,28 @@ def _parse_instant(text: str) -> datetime:
         raise ValueError(f"{text!r} is outside the years 1-9999 in UTC") from None
 
 
+class TimeWindowError(ValueError):
+    """A bad ``since`` or ``until``; ``param`` names the one at fault, for the caller's error."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 def parse_since_until(since: str, until: str) -> tuple[int, int]:
     """``[since, until)`` as epoch ms. Each side is ``YYYY-MM-DD`` (midnight UTC) or an ISO 8601
     date-time (UTC when it has no offset). ``until`` is exclusive: a whole November is
     ``2026-11-01`` .. ``2026-12-01``."""
-    start, end = _parse_instant(since), _parse_instant(until)
+    bounds = []
+    for param, text in (("since", since), ("until", until)):
+        try:
+            bounds.append(_parse_instant(text))
+        except ValueError as exc:
+            raise TimeWindowError(
+                param, f"`{param}` is not a date (YYYY-MM-DD) or an ISO 8601 date-time: {exc}"
+            ) from None
+    start, end = bounds
     if end <= start:
-        raise ValueError(f"until ({until}) must be after since ({since})")
+        raise TimeWindowError("until", f"until ({until}) must be after since ({since})")
     one_ms = timedelta(milliseconds=1)
     return (start - _EPOCH) // one_ms, (end - _EPOCH) // one_ms

@@ -361,28 +361,6 @@ def byte_upper_bound_chat(messages: Any, tools: Any = None) -> int:
         return REPLY_PRIMING_TOKENS + TOOLS_OVERHEAD_TOKENS + raw
 
 
-# Anthropic's system prompt: bounded by its JSON plus this (the pipeline adds it to the walk's bound).
-SYSTEM_OVERHEAD_TOKENS = 4
-
-
-def body_upper_bound_chat(body_bytes: int, messages: int, images: int) -> int:
-    """A strict upper bound of ``byte_upper_bound_chat`` (so of every model's count) from the size of the
-    whole JSON body, without walking it: every text the walk measures lies in the body as JSON, which is
-    at least as long as its UTF-8, and every message carries more JSON syntax than its overhead tokens
-    (the ``messages`` term covers even a bare ``{}``). Images are the exception, priced at the worst case
-    on top. It also bounds what the walk does not see, e.g. a ``response_format`` schema the provider
-    puts in the prompt. It is looser than the walk by the JSON syntax and the other fields (~10 % for a
-    plain chat): a reservation, never a charge, and the exact count still replaces it when that matters."""
-    return (
-        body_bytes
-        + REPLY_PRIMING_TOKENS
-        + TOOLS_OVERHEAD_TOKENS
-        + SYSTEM_OVERHEAD_TOKENS
-        + TOKENS_PER_MESSAGE * messages
-        + IMAGE_WORST_CASE_TOKENS * images
-    )
-
-
 def byte_upper_bound_text(value: Any) -> int:
     """Upper bound for completions/embeddings inputs; token id lists count exactly."""
     try:

@@ -54,16 +54,18 @@ def test_the_default_window_counts_this_seconds_requests(gw: GatewayProc) -> Non
 
 
 @pytest.mark.parametrize(
-    "query",
+    ("query", "param"),
     [
-        {"since": "0001-01-01T00:00:00+23:59"},  # before year 1 once moved to UTC
-        {"since": "2026-01-01", "until": "9999-12-31T23:59:59-23:59"},  # after year 9999 in UTC
-        {"since": "10000-01-01"},
-        {"since": "2026-12-01", "until": "2026-11-01"},
-        {"since": "soon"},
+        ({"since": "0001-01-01T00:00:00+23:59"}, "since"),  # before year 1 once moved to UTC
+        ({"since": "2026-01-01", "until": "9999-12-31T23:59:59-23:59"}, "until"),  # after year 9999 in UTC
+        ({"since": "10000-01-01"}, "since"),
+        ({"since": "2026-12-01", "until": "2026-11-01"}, "until"),
+        ({"since": "soon"}, "since"),
+        ({"since": "2026-11-01", "until": "later"}, "until"),
     ],
 )
-def test_an_unrepresentable_window_is_a_400(gw: GatewayProc, query: dict[str, str]) -> None:
+def test_an_unrepresentable_window_is_a_400(gw: GatewayProc, query: dict[str, str], param: str) -> None:
     status, body = spend(gw, **query)
     assert status == 400, body
     assert body["error"]["type"] == "invalid_request_error"
+    assert body["error"]["param"] == param  # the one at fault, never `since` for a bad `until`

@@ -27,13 +27,13 @@ import orjson
 import pytest
 import redis
 
+from gateway.metering.tokens import byte_upper_bound_chat
 from tests.harness import (
     ADMIN_TOKEN,
     GatewayProc,
     MockProvider,
     RedisServer,
     base_config,
-    chat_prompt_bound,
     http_json,
     wait_for,
     write_config,
@@ -69,10 +69,10 @@ class Call:
         return [{"role": "user", "content": f"request {self.tag}: tell me something"}]
 
     def reservation_nano(self) -> int:
-        """What the gateway must reserve: the prompt's bound and max_tokens, at the dearest rates."""
-        return chat_prompt_bound(self.body()) * GPT_IN_NANO + self.max_tokens * GPT_OUT_NANO
+        """What the gateway must reserve: the prompt's byte bound and max_tokens, at the dearest rates."""
+        return byte_upper_bound_chat(self.messages) * GPT_IN_NANO + self.max_tokens * GPT_OUT_NANO
 
-    def body(self) -> dict[str, Any]:
+    def send(self, base: str) -> tuple[int, Any, dict[str, str]]:
         body: dict[str, Any] = {
             "model": "claude-sonnet" if self.wire == "anthropic" else "gpt-4o",
             "messages": self.messages,
@@ -80,10 +80,6 @@ class Call:
         }
         if self.stream:
             body["stream"] = True
-        return body
-
-    def send(self, base: str) -> tuple[int, Any, dict[str, str]]:
-        body = self.body()
         headers = {
             "x-request-id": self.tag,
             "x-mock-completion-tokens": str(self.completion_tokens),

@@ -25,15 +25,8 @@ import orjson
 import pytest
 
 from gateway.metering.pricing import nano_to_usd_str
-from tests.harness import (
-    ADMIN_TOKEN,
-    GatewayProc,
-    MockProvider,
-    RedisServer,
-    base_config,
-    chat_prompt_bound,
-    write_config,
-)
+from gateway.metering.tokens import byte_upper_bound_chat
+from tests.harness import ADMIN_TOKEN, GatewayProc, MockProvider, RedisServer, base_config, write_config
 from tests.integration.test_metering import Answer, post, rid
 from tests.integration.test_reports import all_records
 
@@ -46,18 +39,10 @@ N_STREAMS = 4  # streams mid-flight when the gateway dies
 TOTAL_S = 2.0  # request deadline; with the grace below, a Redis lease expires 2.5 s after its reserve
 GRACE_S = 0.5
 
-
-def chat_body(stream: bool) -> dict[str, Any]:
-    body: dict[str, Any] = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": MAX_TOKENS}
-    if stream:
-        body["stream"] = True
-    return body
-
-
-def reservation_nano(stream: bool) -> int:
-    """The strict upper bound for gpt-4o (mock-gpt): the prompt's bound at the highest input rate
-    (1.00 USD/1M = 1000 nano per token) plus max_tokens at the output rate (2.00 USD/1M = 2000 nano)."""
-    return chat_prompt_bound(chat_body(stream)) * 1000 + MAX_TOKENS * 2000
+# The reservation is the strict upper bound for gpt-4o (mock-gpt): every prompt byte at the
+# highest input rate (1.00 USD/1M = 1000 nano per token) plus max_tokens at the output rate
+# (2.00 USD/1M = 2000 nano per token).
+RESERVATION_NANO = byte_upper_bound_chat(MESSAGES, None) * 1000 + MAX_TOKENS * 2000
 
 
 def crash_config(mock_url: str) -> dict[str, Any]:
@@ -92,7 +77,9 @@ class Sent:
 
 
 def request(url: str, sent: Sent, headers: dict[str, str], stream: bool = False) -> Sent:
-    body = chat_body(stream)
+    body: dict[str, Any] = {"model": "gpt-4o", "messages": MESSAGES, "max_tokens": MAX_TOKENS}
+    if stream:
+        body["stream"] = True
     hdrs = {"authorization": f"Bearer sk-{TEAM}", "x-request-id": sent.client_id, **headers}
     try:
         sent.answer = post(f"{url}/v1/chat/completions", body, hdrs)
@@ -135,7 +122,7 @@ def expired_at_reservation(record: dict[str, Any]) -> bool:
     return (
         record["status"] == "expired"
         and record["estimated"] is True
-        and record["cost_nano"] == reservation_nano(record["stream"])
+        and record["cost_nano"] == RESERVATION_NANO
     )
 
 
@@ -191,9 +178,8 @@ def test_kill9_under_load_loses_nothing_and_bills_nothing_twice(tmp_path: Path, 
             lambda: mock_requests(mock) == N_FAST + N_HELD + N_STREAMS, 10, "the held requests upstream"
         )
         # Exactly the held requests are reserved now, each for the hand-computed upper bound.
-        held_nano = N_HELD * reservation_nano(False) + N_STREAMS * reservation_nano(True)
         wait_until(
-            lambda: usd_nano(team_scope(url)["reserved_usd"]) == held_nano,
+            lambda: usd_nano(team_scope(url)["reserved_usd"]) == (N_HELD + N_STREAMS) * RESERVATION_NANO,
             5,
             "the reservations of the held requests (and only those)",
         )

@@ -24,6 +24,7 @@ from gateway.metering.report import (
     FOCUS_SPEC_COLUMNS,
     FOCUS_TYPES,
     METRIC_COLUMNS,
+    TimeWindowError,
     aggregate,
     dedupe,
     filter_window,
@@ -619,16 +620,19 @@ def test_parse_since_until() -> None:
     # a naive date-time is UTC; surrounding spaces are ignored
     assert parse_since_until("2026-11-01T00:00:00", " 2026-11-01T00:00:00.001Z ") == (nov, nov + 1)
     assert parse_since_until("2026-11-01T02:00:00+02:00", "2026-11-01T01:00:00Z") == (nov, nov + 3_600_000)
-    for since, until in [
-        ("2026-12-01", "2026-11-01"),
-        ("2026-11-01", "2026-11-01"),
-        ("soon", "2026-11-01"),
-        ("2026-13-01", "2026-12-01"),
-        ("0001-01-01T00:00:00+01:00", "2026-12-01"),  # before year 1 in UTC
-        ("2026-11-01", "9999-12-31T23:59:59-01:00"),  # after year 9999 in UTC
+    for since, until, param in [
+        ("2026-12-01", "2026-11-01", "until"),
+        ("2026-11-01", "2026-11-01", "until"),
+        ("soon", "2026-11-01", "since"),
+        ("2026-11-01", "later", "until"),
+        ("2026-13-01", "2026-12-01", "since"),
+        ("0001-01-01T00:00:00+01:00", "2026-12-01", "since"),  # before year 1 in UTC
+        ("2026-11-01", "9999-12-31T23:59:59-01:00", "until"),  # after year 9999 in UTC
     ]:
-        with pytest.raises(ValueError):
+        with pytest.raises(TimeWindowError) as caught:
             parse_since_until(since, until)
+        assert caught.value.param == param, (since, until)
+        assert param in str(caught.value)
 
 
 def test_filter_window_is_half_open() -> None:
