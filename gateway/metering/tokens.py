@@ -235,6 +235,8 @@ IMAGE_WORST_CASE_TOKENS = image_tokens(None, None, "high")
 
 
 def _utf8_len(text: str) -> int:
+    if text.isascii():  # O(1) in CPython (a flag on the string): no copy for the common case
+        return len(text)
     # surrogatepass: lone surrogates (3 bytes) never raise; tiktoken maps them to U+FFFD (3 bytes).
     return len(text.encode("utf-8", "surrogatepass"))
 
@@ -321,7 +323,8 @@ def _message_tokens(message: Any, measure: Measure) -> int:
     total = TOKENS_PER_MESSAGE
     for key, value in message.items():
         if key == "content":
-            total += _content_tokens(value, measure)
+            # Plain text first: most messages, and ``_content_tokens`` would take two calls to get here.
+            total += measure(value) if type(value) is str else _content_tokens(value, measure)
         elif isinstance(value, str):  # role, name, tool_call_id, refusal, ...
             total += measure(value) + (TOKENS_PER_NAME if key == "name" else 0)
         elif key == "tool_calls":
@@ -353,7 +356,9 @@ def _input_tokens(value: Any, measure: Measure) -> int:
 def byte_upper_bound_chat(messages: Any, tools: Any = None) -> int:
     """Strict upper bound of ``count_chat`` for any model, without tokenizing."""
     try:
-        body = sum(_message_tokens(m, _utf8_len) for m in _as_list(messages))
+        body = 0
+        for message in messages if type(messages) is list else _as_list(messages):
+            body += _message_tokens(message, _utf8_len)
         return REPLY_PRIMING_TOKENS + _tools_tokens(tools, _utf8_len) + body
     except Exception as exc:  # pathological nesting (RecursionError): bound the raw JSON instead
         _log_once("chat walk", exc)
