@@ -120,6 +120,7 @@ class ResponseCache:
         self._locked: set[str] = set()  # keys whose store lock this process took (and so may delete)
         self._writes: list[CacheWrite] = []
         self._writer: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @staticmethod
     def slot(namespace: str) -> str:
@@ -194,7 +195,10 @@ class ResponseCache:
             return None
 
     def lead(self, key: str) -> None:
-        self._inflight[key] = asyncio.get_running_loop().create_future()
+        loop = self._loop
+        if loop is None:  # kept: get_running_loop() is a getpid() syscall each call on CPython 3.11
+            loop = self._loop = asyncio.get_running_loop()
+        self._inflight[key] = loop.create_future()
 
     def finish(self, key: str, entry: CacheEntry | None) -> None:
         future = self._inflight.pop(key, None)

@@ -191,6 +191,9 @@ class FrontConnection(asyncio.Protocol):
 
     def __init__(self, front: Front) -> None:
         self.front = front
+        # Created by the server inside its loop. Kept: asyncio.get_running_loop() is a getpid()
+        # syscall each call on CPython 3.11 (its fork check), and a request needs the loop.
+        self.loop = asyncio.get_running_loop()
         self.task: asyncio.Task[None] | None = None
         self.transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -211,7 +214,7 @@ class FrontConnection(asyncio.Protocol):
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self.front.connections.add(self)
-        self._idle_check = asyncio.get_running_loop().call_later(self.front.idle_check_s, self._check_idle)
+        self._idle_check = self.loop.call_later(self.front.idle_check_s, self._check_idle)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -272,7 +275,7 @@ class FrontConnection(asyncio.Protocol):
         del self._buffer[:total]
         self._pending = None
         # Not TaskGroup.spawn: the connection holds the task (cancelled on disconnect, awaited at shutdown).
-        self.task = asyncio.get_running_loop().create_task(self._serve(head, body))
+        self.task = self.loop.create_task(self._serve(head, body))
 
     def _hand_over(self) -> None:
         """Give the connection, and every byte read so far, to aiohttp's protocol for good."""
@@ -329,7 +332,7 @@ class FrontConnection(asyncio.Protocol):
             self.close()  # silent for a whole period with nothing in progress
             return
         self._active = False
-        self._idle_check = asyncio.get_running_loop().call_later(self.front.idle_check_s, self._check_idle)
+        self._idle_check = self.loop.call_later(self.front.idle_check_s, self._check_idle)
 
     # writing answers
 
@@ -343,7 +346,7 @@ class FrontConnection(asyncio.Protocol):
         """Wait until the transport's buffer is below its low-water mark again (the reader caught up)."""
         if self.write_paused:
             if self._drained is None:
-                self._drained = asyncio.get_running_loop().create_future()
+                self._drained = self.loop.create_future()
             await self._drained
 
     def close(self) -> None:

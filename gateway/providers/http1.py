@@ -451,6 +451,7 @@ class Http1Client:
         self._ssl = ssl_context or ssl.create_default_context()
         self._urls: dict[str, tuple[Origin, bytes]] = {}
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # get_running_loop() is a getpid() on 3.11
 
     def _target(self, url: str) -> tuple[Origin, bytes]:
         cached = self._urls.get(url)
@@ -491,7 +492,9 @@ class Http1Client:
             raise HttpError("the upstream client is closed")
         origin, path = self._target(url)
         request = _encode(path, origin, headers, payload)
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = None if total_s is None else loop.time() + total_s
         slots = self._slots if limit is None else self._limits.get(limit) or self._new_limit(limit)
         if slots.locked():  # every slot busy: wait, boundedly (no timer when one is free)

@@ -91,6 +91,9 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._out: list[bytes] = []  # commands of this loop iteration, written together
+        # Made by loop.create_connection, in its loop. Kept: get_running_loop() is a getpid() syscall
+        # on CPython 3.11.
+        self.loop = asyncio.get_running_loop()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio subclasses
@@ -126,7 +129,7 @@ class _Protocol(asyncio.Protocol):
     def send(self, payload: bytes, count: int) -> list[asyncio.Future[Any]]:
         if self.closed or self.transport is None:  # closed between the caller's check and now
             raise StoreError("redis: connection closed")
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         now = time.monotonic()
         futures = [loop.create_future() for _ in range(count)]
         waiters = self.waiters
