@@ -129,6 +129,7 @@ class Gateway:
         await self.budget.drain(grace_s, self.spill_dir)
         await self.cache.drain()
         self.access_log.flush()
+        self.metrics.flush()  # a worker's last counts reach its multiprocess files before it exits
         await cancel_and_wait(self._background)
         await self.auth.close()
         await self.client.close()
@@ -199,6 +200,9 @@ class Gateway:
         # Sampled, not updated per request: a gauge write per request and per answer is hot-path
         # work (and a file write per change in multiprocess mode) for a value read every scrape.
         self.metrics.inflight.labels().set(self.in_flight.count)
+        # And the buffered counters and histograms: in multiprocess mode a scrape reads the other
+        # workers' files, so each worker applies its buffers at least every second.
+        self.metrics.flush()
 
     async def refresh_budget_gauges(self) -> None:
         now = datetime.now(UTC)

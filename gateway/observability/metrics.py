@@ -8,11 +8,19 @@ path does a dict lookup, not prometheus-client's label validation.
 
 Multi-worker (``--workers N``): the server sets ``PROMETHEUS_MULTIPROC_DIR`` before this
 module is imported, counters and histograms sum across workers, gauges use ``mostrecent``.
+
+Counters and histograms are buffered: the hot path adds to plain floats and lists (one event
+loop, so no lock), and ``flush()`` applies them to prometheus-client, whose every ``inc`` takes a
+lock (and in multiprocess mode checks the pid and writes a file). Every collection of the
+registry flushes first, and the gateway flushes each second, so another worker's counts reach a
+multiprocess scrape at most a second late. Use them from the event loop's thread only.
 """
 
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -34,20 +42,85 @@ def status_class(status: int) -> str:
     return f"{status // 100}xx"
 
 
-class _Cached:
-    """A metric plus a cache of its children: ``labels()`` costs a dict lookup on the hot path."""
+class _BufferedCounter:
+    __slots__ = ("child", "pending")
 
-    def __init__(self, metric: Any) -> None:
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.pending = 0.0
+
+    def inc(self, amount: float = 1.0) -> None:
+        self.pending += amount
+
+    def flush(self) -> None:
+        if self.pending:
+            amount, self.pending = self.pending, 0.0
+            self.child.inc(amount)
+
+
+class _BufferedHistogram:
+    """Observations counted per bucket here, applied to the child's own buckets at the flush (the
+    same bucket rule as prometheus-client: the first upper bound >= the value)."""
+
+    __slots__ = ("bounds", "child", "counts", "observed", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self.bounds = tuple(child._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+        self.observed = False
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.observed = True
+
+    def flush(self) -> None:
+        if not self.observed:
+            return
+        self.observed = False
+        counts, buckets = self.counts, self.child._buckets
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+                counts[i] = 0
+        total, self.total = self.total, 0.0
+        self.child._sum.inc(total)
+
+
+class _Cached:
+    """A metric plus a cache of its children: ``labels()`` costs a dict lookup on the hot path.
+    ``buffer`` wraps each child (counters and histograms: see the module's docstring)."""
+
+    def __init__(self, metric: Any, buffer: Any = None, buffers: list[Any] | None = None) -> None:
         self.metric = metric
         self.children: dict[tuple[str, ...], Any] = {}
+        self._buffer = buffer
+        self._buffers = buffers
 
     def labels(self, *values: str) -> Any:
         child = self.children.get(values)
         if child is None:
             # A metric declared without labels is its own (only) child: prometheus-client
             # refuses ``.labels()`` on it.
-            child = self.children[values] = self.metric.labels(*values) if values else self.metric
+            child = self.metric.labels(*values) if values else self.metric
+            if self._buffer is not None and self._buffers is not None:
+                child = self._buffer(child)
+                self._buffers.append(child)
+            self.children[values] = child
         return child
+
+
+class _FlushFirst:
+    """Registered before every metric: a collection of the registry applies the buffers first."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        self.metrics.flush()
+        return iter(())
 
 
 class Metrics:
@@ -56,15 +129,19 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         gauge_mode = {"multiprocess_mode": "mostrecent"} if self.multiprocess else {}
+        self._buffers: list[Any] = []  # every buffered child, in creation order
+        r.register(_FlushFirst(self))
+        buffers = self._buffers
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> _Cached:
-            return _Cached(Counter(name, doc, labels, registry=r))
+            return _Cached(Counter(name, doc, labels, registry=r), _BufferedCounter, buffers)
 
         def gauge(name: str, doc: str, labels: tuple[str, ...]) -> _Cached:
             return _Cached(Gauge(name, doc, labels, registry=r, **gauge_mode))  # type: ignore[arg-type]
 
         def histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> _Cached:
-            return _Cached(Histogram(name, doc, labels, registry=r, buckets=buckets))
+            metric = Histogram(name, doc, labels, registry=r, buckets=buckets)
+            return _Cached(metric, _BufferedHistogram, buffers)
 
         self.requests = counter(
             "llm_gateway_requests",
@@ -200,10 +277,16 @@ class Metrics:
             ("wire",),
         )
 
+    def flush(self) -> None:
+        """Apply the buffered counts to prometheus-client (and, multiprocess, to this worker's files)."""
+        for child in self._buffers:
+            child.flush()
+
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         if self.multiprocess:
+            self.flush()  # this worker's own counts are exact at the scrape; others' are a second old
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return generate_latest(registry), CONTENT_TYPE_LATEST

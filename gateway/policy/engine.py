@@ -190,6 +190,7 @@ class RuleSet:
         # Rules that can apply to a team (no `teams` condition, or one naming it), in order: the hot
         # path walks only these. Filled lazily, one entry per team seen; a reload builds a new RuleSet.
         self._for_team: dict[str, tuple[CompiledRule, ...]] = {}
+        self._decisions: dict[tuple[int, str], Decision] = {}
 
     def _candidates(self, team: str) -> tuple[CompiledRule, ...]:
         found = self._for_team.get(team)
@@ -203,16 +204,35 @@ class RuleSet:
         return any(r.rule.when.prompt_tokens is not None for r in self.rules)
 
     def decide(self, facts: Facts, explain: bool = False) -> Decision:
-        trace: list[str] | None = [] if explain else None
-        # Explaining walks every rule so the trace shows each one; deciding skips other teams' rules.
-        for compiled in self.rules if explain else self._candidates(facts.team):
+        if not explain:
+            for compiled in self._candidates(facts.team):  # other teams' rules are skipped
+                if compiled.matches(facts, None):
+                    if compiled.rule.auto is not None:  # depends on the prompt: decided each time
+                        return self._apply(compiled.rule, facts, None)
+                    return self._decision(compiled.index, compiled.rule, facts)
+            return self._decision(-1, None, facts)
+        trace: list[str] = []  # explaining walks every rule so the trace shows each one
+        for compiled in self.rules:
             if compiled.matches(facts, trace):
-                if trace is not None:
-                    trace.append(f"rule {compiled.name!r}: MATCH")
+                trace.append(f"rule {compiled.name!r}: MATCH")
                 return self._apply(compiled.rule, facts, trace)
-        if trace is not None:
-            trace.append("no rule matched: default route")
-        return Decision(rule="default", chain=self._chain(facts.model, []), trace=tuple(trace or ()))
+        trace.append("no rule matched: default route")
+        return Decision(rule="default", chain=self._chain(facts.model, []), trace=tuple(trace))
+
+    def _decision(self, index: int, rule: Rule | None, facts: Facts) -> Decision:
+        """A rule's decision for a model, or the default route's (``rule`` None): the same every time
+        (a ``Decision`` is frozen), so built once per rule and model rather than per request."""
+        key = (index, facts.model)
+        found = self._decisions.get(key)
+        if found is None:
+            if rule is None:
+                found = Decision(rule="default", chain=self._chain(facts.model, []))
+            else:
+                found = self._apply(rule, facts, None)
+            if len(self._decisions) >= 10_000:  # models come from clients: bounded
+                self._decisions.clear()
+            self._decisions[key] = found
+        return found
 
     def _chain(self, primary: str | list[str], extra: list[str]) -> tuple[str, ...]:
         head = [primary] if isinstance(primary, str) else list(primary)

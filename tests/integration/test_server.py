@@ -32,6 +32,7 @@ from tests.harness import (
     base_config,
     free_port,
     http_json,
+    wait_for,
     write_config,
 )
 
@@ -349,7 +350,15 @@ def test_two_workers_share_one_port_and_aggregate_metrics(mock: MockProvider, tm
             body = {**CHAT, "messages": [{"role": "user", "content": f"request {i}"}]}
             status, _, _ = http_json("POST", proc.url + "/v1/chat/completions", body, DEMO)
             assert status == 200
-        for _ in range(4):  # whichever worker answers /metrics, it reports both workers' counts
+
+        # Whichever worker answers /metrics reports both workers' counts: its own exactly, the other's
+        # as of that worker's last flush (each second: counters and histograms are buffered).
+        def both_counted() -> bool:
+            _, samples = metrics(proc)
+            return total(samples, "llm_gateway_requests_total") == 50
+
+        wait_for("both workers' counts in one scrape", both_counted, timeout=5)
+        for _ in range(4):
             _, samples = metrics(proc)
             assert total(samples, "llm_gateway_requests_total") == 50
             assert total(samples, "llm_gateway_requests_total", team="demo", status_class="2xx") == 50
