@@ -35,6 +35,9 @@ _PAUSE_AT = 4 * 1024 * 1024  # buffered stream bytes at which reading pauses (sl
 _HEAD, _LENGTH, _CHUNK_SIZE, _CHUNK_DATA, _CHUNK_END, _TRAILERS, _UNTIL_CLOSE, _DONE = range(8)
 
 
+_ASCII_SPACE = " \t\n\r\x0b\x0c"  # what bytes.strip() removes (str.strip() removes more)
+
+
 class HttpError(Exception):
     """The exchange failed on the transport or the response was not valid HTTP/1.1."""
 
@@ -306,9 +309,10 @@ class _Connection(asyncio.Protocol):
                 return
 
     def _on_head(self, head: bytes) -> None:
-        lines = head.split(b"\r\n")
-        parts = lines[0].split(b" ", 2)
-        if len(parts) < 2 or not parts[0].startswith(b"HTTP/1.") or len(parts[1]) != 3:
+        # One decode for the whole head (latin-1 maps every byte), not two per header line.
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or len(parts[1]) != 3:
             raise HttpError("upstream sent a malformed status line")
         try:
             status = int(parts[1])
@@ -318,14 +322,14 @@ class _Connection(asyncio.Protocol):
             return
         headers: dict[str, str] = {}
         for line in lines[1:]:
-            name, sep, value = line.partition(b":")
+            name, sep, value = line.partition(":")
             if not sep:
                 raise HttpError("upstream sent a malformed header line")
-            key = name.strip().lower().decode("latin-1")
-            text = value.strip().decode("latin-1")
+            key = name.strip(_ASCII_SPACE).lower()
+            text = value.strip(_ASCII_SPACE)  # as bytes.strip did: never a latin-1 NBSP of the value
             headers[key] = f"{headers[key]}, {text}" if key in headers else text
         connection = headers.get("connection", "").lower()
-        if parts[0] == b"HTTP/1.1":
+        if parts[0] == "HTTP/1.1":
             self._keep_alive = "close" not in connection
         else:
             self._keep_alive = "keep-alive" in connection
