@@ -17,10 +17,12 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.store.base import UNLIMITED, RateLimit, ReserveRequest, ScopeLimit, Settlement
+from gateway.store.base import UNLIMITED, RateLimit, ReserveResult, ScopeLimit, Settlement
 from gateway.store.redis import RedisStore
 from gateway.store.resp import join_command, pack, pack_run
 from gateway.store.rollup import hour_bucket
+from tests.integration.test_store_parity import now_ms
+from tests.integration.test_store_parity import reserve as reserve_at
 
 
 @pytest.fixture
@@ -38,24 +40,10 @@ async def raw(redis_server: Any) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-def request(
-    team: str, lease_id: str, scopes: list[ScopeLimit], limits: list[RateLimit], *, count_denial: bool = True
-) -> ReserveRequest:
-    return ReserveRequest(
-        team=team,
-        lease_id=lease_id,
-        now_ms=int(time.time() * 1000),
-        lease_ttl_ms=60_000,
-        scopes=scopes,
-        fixed_nano=100,
-        fixed_tokens=10,
-        out_price_pico=0,
-        out_tokens_max=0,
-        out_tokens_min=0,
-        rate_limits=limits,
-        intent={"request_id": lease_id, "team": team},
-        count_denial=count_denial,
-    )
+async def reserve(
+    store: RedisStore, team: str, lease_id: str, scopes: list[ScopeLimit], limits: list[RateLimit], **kw: Any
+) -> ReserveResult:
+    return await reserve_at(store, team, lease_id, scopes, at=now_ms(), fixed_nano=100, rates=limits, **kw)
 
 
 def test_a_command_from_packed_runs_is_the_command_packed_whole() -> None:
@@ -67,7 +55,7 @@ async def test_settle_and_record_rollups_per_model_and_tag(store: RedisStore, ra
     team = f"t-{uuid.uuid4().hex[:12]}"
     ts = int(time.time() * 1000)
     scope = [ScopeLimit(f"team:{team}", "2026-12", UNLIMITED)]
-    assert (await store.reserve(request(team, "l1", scope, []))).ok
+    assert (await reserve(store, team, "l1", scope, [])).ok
     settled: dict[str, Any] = {
         "request_id": "l1",
         "ts_ms": ts,
@@ -115,19 +103,19 @@ async def test_cached_parts_follow_new_limits_flags_and_windows(store: RedisStor
     roomy = [ScopeLimit(f"team:{team}", "2026-12", 1_000)]
     minute = int(time.time()) // 60
     rpm = [RateLimit("rpm", "team", 2, window=minute)]
-    assert (await store.reserve(request(team, "a", roomy, rpm))).ok
-    assert (await store.reserve(request(team, "b", roomy, rpm))).ok
-    third = await store.reserve(request(team, "c", roomy, rpm))
+    assert (await reserve(store, team, "a", roomy, rpm)).ok
+    assert (await reserve(store, team, "b", roomy, rpm)).ok
+    third = await reserve(store, team, "c", roomy, rpm)
     assert (third.ok, third.reason) == (False, "rpm")
     # The next minute's window (another rate key in the packed head): room again.
     next_minute = [RateLimit("rpm", "team", 2, window=minute + 1)]
-    assert (await store.reserve(request(team, "d", roomy, next_minute))).ok
+    assert (await reserve(store, team, "d", roomy, next_minute)).ok
     # New lists with a lower limit (a config reload): the new limit applies at once.
     tight = [ScopeLimit(f"team:{team}", "2026-12", 150)]
-    retried = await store.reserve(request(team, "e", tight, [], count_denial=False))
+    retried = await reserve(store, team, "e", tight, [], count_denial=False)
     assert (retried.ok, retried.reason) == (False, "usd")
     assert (await store.scope_usage(team, tight))[tight[0].counter].denials == 0
     # The same lists with the other denial flag: packed apart, so this denial counts.
-    final = await store.reserve(request(team, "f", tight, []))
+    final = await reserve(store, team, "f", tight, [])
     assert (final.ok, final.reason) == (False, "usd")
     assert (await store.scope_usage(team, tight))[tight[0].counter].denials == 1
