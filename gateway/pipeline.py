@@ -20,7 +20,6 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, Literal
 
-from gateway import jsonutil
 from gateway.auth import Authenticator
 from gateway.budget import Ask, BudgetManager, Reservation
 from gateway.cache import CacheDecision, ResponseCache, cache_key, decide
@@ -30,7 +29,12 @@ from gateway.dispatch import Dispatched, Dispatcher
 from gateway.errors import BudgetExceeded, GatewayError, ModelNotFound, PolicyDenied
 from gateway.metering import ledger
 from gateway.metering.pricing import Rates, cost_nano, nano_to_usd_str
-from gateway.metering.tokens import TokenCounter, byte_upper_bound_chat, byte_upper_bound_text
+from gateway.metering.tokens import (
+    TokenCounter,
+    byte_upper_bound_text,
+    chat_outside_walk_bound,
+    chat_prompt_bound,
+)
 from gateway.metering.usage import Usage
 from gateway.observability.metrics import Metrics, status_class
 from gateway.policy.engine import Decision, Facts
@@ -246,16 +250,19 @@ class Pipeline:
         if not ctx.prompt_bound:
             body = ctx.body
             if ctx.operation == "chat":
-                bound = byte_upper_bound_chat(body.get("messages"), body.get("tools"))
-                system = body.get("system")
-                if system is not None:  # Anthropic keeps the system prompt outside messages
-                    bound += len(jsonutil.dumps(system)) + 4
+                bound = chat_prompt_bound(body)
             else:
                 bound = byte_upper_bound_text(
                     body.get("prompt") if ctx.operation == "text_completion" else body.get("input")
                 )
             ctx.prompt_bound = bound
         return ctx.prompt_bound
+
+    def _exact_prompt_bound(self, ctx: RequestContext, model: str) -> int:
+        """The exact count of what the tokenizer walk sees, plus a byte bound of what it does not (a
+        schema, Anthropic's system): strict, so it may replace the byte bound for a reservation."""
+        exact = self._exact_prompt_tokens(ctx, model)
+        return exact + chat_outside_walk_bound(ctx.body) if ctx.operation == "chat" else exact
 
     def _exact_prompt_tokens(self, ctx: RequestContext, model: str) -> int:
         body = ctx.body
@@ -369,7 +376,7 @@ class Pipeline:
         assert ctx.principal is not None
         # Only now is an exact count worth its cost: it may fit where the byte bound did not.
         if self._exact_is_strict(chain):
-            exact = self._exact_prompt_tokens(ctx, chain[0].deployments[0].upstream_model)
+            exact = self._exact_prompt_bound(ctx, chain[0].deployments[0].upstream_model)
             if exact < bound:
                 ctx.prompt_bound = exact
                 try:
@@ -418,7 +425,7 @@ class Pipeline:
         # start again from the byte bound, or count exactly with the target's own tokenizer.
         ctx.prompt_bound = 0
         ctx.prompt_bound = (
-            self._exact_prompt_tokens(ctx, target.deployments[0].upstream_model)
+            self._exact_prompt_bound(ctx, target.deployments[0].upstream_model)
             if self._exact_is_strict(chain)
             else self._prompt_bound(ctx)
         )
@@ -520,7 +527,7 @@ class Pipeline:
             return True
         if not self._exact_is_strict([model]):
             return True  # cannot prove it overflows: let the provider decide (and fall back on its 400)
-        return self._exact_prompt_tokens(ctx, model.deployments[0].upstream_model) <= model.context_window
+        return self._exact_prompt_bound(ctx, model.deployments[0].upstream_model) <= model.context_window
 
     def _release(
         self, ctx: RequestContext, upstream_started: float, status: int, upstream: bool = True

@@ -56,6 +56,7 @@ TOKENS_PER_NAME = 1
 REPLY_PRIMING_TOKENS = 3
 # Providers wrap tool schemas in their own preamble; a small constant keeps the estimate honest.
 TOOLS_OVERHEAD_TOKENS = 12
+SYSTEM_OVERHEAD_TOKENS = 4  # Anthropic's system prompt outside the messages: its JSON plus this
 IMAGE_BASE_TOKENS = 85
 IMAGE_TILE_TOKENS = 170
 
@@ -364,6 +365,39 @@ def byte_upper_bound_chat(messages: Any, tools: Any = None) -> int:
         _log_once("chat walk", exc)
         raw = _utf8_len(_as_text(messages)) + _utf8_len(_as_text(tools))
         return REPLY_PRIMING_TOKENS + TOOLS_OVERHEAD_TOKENS + raw
+
+
+# Request fields a provider writes into the prompt that the message walk does not measure: a
+# structured-output schema and the legacy ``functions`` list (both billed as prompt tokens).
+UNWALKED_FIELDS = ("response_format", "functions")
+
+
+def unwalked_prompt_bytes(body: dict[str, Any]) -> int:
+    """A strict bound on the prompt tokens of ``UNWALKED_FIELDS``: their JSON's length (a token covers
+    at least one byte), so a schema-heavy request cannot reserve less than the provider bills."""
+    extra = 0
+    for name in UNWALKED_FIELDS:
+        value = body.get(name)
+        if value is not None:
+            extra += _utf8_len(_as_text(value))
+    return extra
+
+
+def chat_prompt_bound(body: dict[str, Any]) -> int:
+    """Strict upper bound on a chat request's prompt tokens for any model, without tokenizing: the
+    messages and tools (the walk), Anthropic's ``system`` outside the messages, and the fields the
+    provider adds to the prompt (``unwalked_prompt_bytes``)."""
+    return byte_upper_bound_chat(body.get("messages"), body.get("tools")) + chat_outside_walk_bound(body)
+
+
+def chat_outside_walk_bound(body: dict[str, Any]) -> int:
+    """What ``count_chat`` (messages and tools) leaves out of a chat request, as a byte bound: added to an
+    exact count, the sum is still a strict bound."""
+    system = body.get("system")
+    extra = unwalked_prompt_bytes(body)
+    if system is not None:
+        extra += _utf8_len(_as_text(system)) + SYSTEM_OVERHEAD_TOKENS
+    return extra
 
 
 def byte_upper_bound_text(value: Any) -> int:

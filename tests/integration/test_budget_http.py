@@ -61,6 +61,7 @@ TEAMS: dict[str, Any] = {
         keys=[{**key("k-small"), "budget": {"usd": "0.0001", "period": "weekly"}}, key("k-free")],
     ),
     "tok": team({"tokens": 100, "period": "daily"}, keys=[key("tok")]),
+    "schema": team({"tokens": 300, "period": "daily"}, keys=[key("schema")]),
     "rpm": team(rate_limits={"rpm": 3}, keys=[key("rpm")]),
     # A budget too, only so that /admin/budgets shows when its settlement (and TPM refund) has landed.
     "tpm": team({"usd": "100", "period": "daily"}, rate_limits={"tpm": 150}, keys=[key("tpm")]),
@@ -420,3 +421,21 @@ def test_raised_limit_applies_on_reload_without_resetting_spend(tmp_path: Path, 
         assert scopes(proc, "grow")["team:grow"]["limit_usd"] == "0.000100000"
     finally:
         proc.stop()
+
+
+def test_a_response_schema_counts_toward_the_reservation(gw: GatewayProc) -> None:
+    """A structured-output schema is written into the prompt by the provider and billed as prompt
+    tokens: the reservation must bound it too (by its JSON's length), not only the messages."""
+    properties = {f"field_{i}": {"type": "string", "description": "d" * 30} for i in range(8)}
+    schema = {
+        "type": "json_schema",
+        "json_schema": {"name": "a", "schema": {"type": "object", "properties": properties}},
+    }
+    body = {"model": "gpt-4o", "messages": HI, "max_tokens": 10, "response_format": schema}
+    status, answer, _ = http_json(
+        "POST", gw.url + "/v1/chat/completions", body, {"authorization": "Bearer sk-schema"}
+    )
+    assert status == 429, answer  # ~500 schema bytes + the prompt + 10 > 300 tokens, even counted exactly
+    assert answer["error"]["code"] == "budget_exceeded"
+    status, answer, _ = chat(gw, "sk-schema", max_tokens=10)  # the same request without the schema fits
+    assert status == 200, answer

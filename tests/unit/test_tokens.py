@@ -18,6 +18,7 @@ from gateway.metering.tokens import (
     TokenCounter,
     byte_upper_bound_chat,
     byte_upper_bound_text,
+    chat_prompt_bound,
     encoding_name_for_model,
     image_tokens,
 )
@@ -433,3 +434,16 @@ def test_text_bound_is_an_upper_bound(text: str) -> None:
     counter = _SHARED
     assert counter.count_text(text, "gpt-4o") <= byte_upper_bound_text(text)
     assert counter.count_input([text, text], "gpt-4o") <= byte_upper_bound_text([text, text])
+
+
+def test_chat_prompt_bound_adds_what_the_walk_does_not_see() -> None:
+    messages = [{"role": "user", "content": "héllo"}]
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    plain = {"model": "gpt-4o", "messages": messages, "tools": tools, "max_tokens": 5}
+    assert chat_prompt_bound(plain) == byte_upper_bound_chat(messages, tools)  # a plain chat: unchanged
+    schema = {"type": "json_schema", "json_schema": {"name": "a", "schema": {"type": "object"}}}
+    functions = [{"name": "lookup", "parameters": {"type": "object"}}]
+    system = [{"type": "text", "text": "Be brief. ✓"}]
+    full = {**plain, "response_format": schema, "functions": functions, "system": system}
+    extra = sum(len(jsonutil.dumps(v)) for v in (schema, functions, system)) + 4
+    assert chat_prompt_bound(full) == byte_upper_bound_chat(messages, tools) + extra
