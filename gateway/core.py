@@ -115,7 +115,7 @@ class Gateway:
         self._background = [
             loop.create_task(self._every(SWEEP_INTERVAL_S, self.sweep_leases), name="lease-sweeper"),
             loop.create_task(self._every(GAUGE_INTERVAL_S, self.refresh_budget_gauges), name="budget-gauges"),
-            loop.create_task(self._every(1.0, self.report_in_flight), name="in-flight-gauge"),
+            loop.create_task(self._every(1.0, self.publish_metrics), name="publish-metrics"),
         ]
         if watch:
             self._background.append(
@@ -196,7 +196,7 @@ class Gateway:
                 self.metrics.store_errors.labels("expire").inc()
                 return
 
-    def report_in_flight(self) -> None:
+    def publish_metrics(self) -> None:
         # Sampled, not updated per request: a gauge write per request and per answer is hot-path
         # work (and a file write per change in multiprocess mode) for a value read every scrape.
         self.metrics.inflight.labels().set(self.in_flight.count)

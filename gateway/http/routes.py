@@ -76,7 +76,7 @@ async def readyz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gateway = request.app[GATEWAY]
-    gateway.report_in_flight()  # this worker's count is exact at the scrape; others' are a second old
+    gateway.publish_metrics()  # this worker's counts are exact at the scrape; others' are a second old
     data, content_type = gateway.metrics.render()
     return web.Response(body=data, headers={"content-type": content_type})
 

@@ -367,37 +367,28 @@ def byte_upper_bound_chat(messages: Any, tools: Any = None) -> int:
         return REPLY_PRIMING_TOKENS + TOOLS_OVERHEAD_TOKENS + raw
 
 
-# Request fields a provider writes into the prompt that the message walk does not measure: a
-# structured-output schema and the legacy ``functions`` list (both billed as prompt tokens).
-UNWALKED_FIELDS = ("response_format", "functions")
+# What a provider writes into the prompt outside the messages and tools, with the overhead tokens
+# each adds: Anthropic's system prompt, a structured-output schema, the legacy ``functions`` list.
+_OUTSIDE_WALK = (("system", SYSTEM_OVERHEAD_TOKENS), ("response_format", 0), ("functions", 0))
 
 
-def unwalked_prompt_bytes(body: dict[str, Any]) -> int:
-    """A strict bound on the prompt tokens of ``UNWALKED_FIELDS``: their JSON's length (a token covers
-    at least one byte), so a schema-heavy request cannot reserve less than the provider bills."""
+def chat_outside_walk_bound(body: dict[str, Any]) -> int:
+    """A strict bound on the prompt tokens of what ``count_chat`` (messages and tools) leaves out of a
+    chat request: each field's JSON length (a token covers at least one byte) plus its overhead. Added
+    to an exact count, the sum is still a strict bound, so a schema-heavy request cannot reserve less
+    than the provider bills."""
     extra = 0
-    for name in UNWALKED_FIELDS:
+    for name, overhead in _OUTSIDE_WALK:
         value = body.get(name)
         if value is not None:
-            extra += _utf8_len(_as_text(value))
+            extra += _utf8_len(_as_text(value)) + overhead
     return extra
 
 
 def chat_prompt_bound(body: dict[str, Any]) -> int:
     """Strict upper bound on a chat request's prompt tokens for any model, without tokenizing: the
-    messages and tools (the walk), Anthropic's ``system`` outside the messages, and the fields the
-    provider adds to the prompt (``unwalked_prompt_bytes``)."""
+    messages and tools (the walk) and what the provider adds outside them (``chat_outside_walk_bound``)."""
     return byte_upper_bound_chat(body.get("messages"), body.get("tools")) + chat_outside_walk_bound(body)
-
-
-def chat_outside_walk_bound(body: dict[str, Any]) -> int:
-    """What ``count_chat`` (messages and tools) leaves out of a chat request, as a byte bound: added to an
-    exact count, the sum is still a strict bound."""
-    system = body.get("system")
-    extra = unwalked_prompt_bytes(body)
-    if system is not None:
-        extra += _utf8_len(_as_text(system)) + SYSTEM_OVERHEAD_TOKENS
-    return extra
 
 
 def byte_upper_bound_text(value: Any) -> int:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import (
@@ -91,13 +91,12 @@ class _BufferedHistogram:
 
 class _Cached:
     """A metric plus a cache of its children: ``labels()`` costs a dict lookup on the hot path.
-    ``buffer`` wraps each child (counters and histograms: see the module's docstring)."""
+    ``wrap`` buffers each new child (counters and histograms: see the module's docstring)."""
 
-    def __init__(self, metric: Any, buffer: Any = None, buffers: list[Any] | None = None) -> None:
+    def __init__(self, metric: Any, wrap: Callable[[Any], Any] | None = None) -> None:
         self.metric = metric
         self.children: dict[tuple[str, ...], Any] = {}
-        self._buffer = buffer
-        self._buffers = buffers
+        self._wrap = wrap
 
     def labels(self, *values: str) -> Any:
         child = self.children.get(values)
@@ -105,9 +104,8 @@ class _Cached:
             # A metric declared without labels is its own (only) child: prometheus-client
             # refuses ``.labels()`` on it.
             child = self.metric.labels(*values) if values else self.metric
-            if self._buffer is not None and self._buffers is not None:
-                child = self._buffer(child)
-                self._buffers.append(child)
+            if self._wrap is not None:
+                child = self._wrap(child)
             self.children[values] = child
         return child
 
@@ -131,17 +129,23 @@ class Metrics:
         gauge_mode = {"multiprocess_mode": "mostrecent"} if self.multiprocess else {}
         self._buffers: list[Any] = []  # every buffered child, in creation order
         r.register(_FlushFirst(self))
-        buffers = self._buffers
+
+        def buffered(kind: Callable[[Any], Any]) -> Callable[[Any], Any]:
+            def wrap(child: Any) -> Any:
+                self._buffers.append(buffer := kind(child))
+                return buffer
+
+            return wrap
 
         def counter(name: str, doc: str, labels: tuple[str, ...]) -> _Cached:
-            return _Cached(Counter(name, doc, labels, registry=r), _BufferedCounter, buffers)
+            return _Cached(Counter(name, doc, labels, registry=r), buffered(_BufferedCounter))
 
         def gauge(name: str, doc: str, labels: tuple[str, ...]) -> _Cached:
             return _Cached(Gauge(name, doc, labels, registry=r, **gauge_mode))  # type: ignore[arg-type]
 
         def histogram(name: str, doc: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> _Cached:
             metric = Histogram(name, doc, labels, registry=r, buckets=buckets)
-            return _Cached(metric, _BufferedHistogram, buffers)
+            return _Cached(metric, buffered(_BufferedHistogram))
 
         self.requests = counter(
             "llm_gateway_requests",

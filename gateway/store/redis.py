@@ -149,8 +149,8 @@ class RedisStore:
         except (RedisError, OSError):
             return False
 
-    async def _call(self, script: _Script, keys: list[str], args: list[Any]) -> Any:
-        return (await self._call_many(script, [script.command(keys, args)]))[0]
+    async def _call(self, script: _Script, command: bytes) -> Any:
+        return (await self._call_many(script, [command]))[0]
 
     def _head(self, script: _Script, nkeys: int, team: str, last_key: str) -> bytes:
         """EVALSHA, the script, the key count, the team's four keys and one more (its rate window,
@@ -242,7 +242,7 @@ class RedisStore:
     # ------------------------------------------------------------------ budgets
 
     async def reserve(self, req: ReserveRequest) -> ReserveResult:
-        raw = (await self._call_many(self._reserve, [self._reserve_command(req)]))[0]
+        raw = await self._call(self._reserve, self._reserve_command(req))
         await self._remember_team(req.team)
         return _reserve_result(raw)
 
@@ -264,7 +264,7 @@ class RedisStore:
             variable = pack_run((*cache_run, 1, owner, *_reserve_args(req)))
             command = join_command(_HEAD_ARGS + 6 + _RESERVE_ARGS + count, head, variable, limits)
         try:
-            raw = (await self._call_many(self._admit, [command]))[0]
+            raw = await self._call(self._admit, command)
         except asyncio.CancelledError:
             # The caller went away with the script in flight: it may have taken the fill lock, and then
             # identical requests would wait lock_wait_ms for an entry nobody is filling. Release it if it
@@ -311,7 +311,7 @@ class RedisStore:
         return join_command(_HEAD_ARGS + len(args), head, pack_run(args))
 
     async def settle(self, settlement: Settlement) -> bool:
-        return bool((await self._call_many(self._settle, [self._settle_command(settlement)]))[0])
+        return bool(await self._call(self._settle, self._settle_command(settlement)))
 
     async def settle_many(self, settlements: list[Settlement]) -> list[bool | StoreError]:
         """Many settlements in one round trip (a pipeline of settle scripts). A Lua runtime error on
@@ -360,7 +360,7 @@ class RedisStore:
     ) -> bool:
         await self._remember_team(team)
         call = self._record_call(team, record, cost_nano, tokens, scopes)
-        return bool(await self._call(self._record, *call))
+        return bool(await self._call(self._record, self._record.command(*call)))
 
     def _record_call(
         self, team: str, record: dict[str, Any], cost_nano: int, tokens: int, scopes: list[ScopeLimit]
@@ -387,11 +387,13 @@ class RedisStore:
         return keys, args
 
     async def expire_leases(self, team: str, now_ms: int, limit: int = 100) -> int:
-        return int(await self._call(self._expire, list(_team_keys(team)), [now_ms, limit]))
+        command = self._expire.command(list(_team_keys(team)), [now_ms, limit])
+        return int(await self._call(self._expire, command))
 
     async def renew_lease(self, team: str, lease_id: str, expires_ms: int) -> bool:
         _budget, zset, leases, _ledger = _team_keys(team)
-        return bool(await self._call(self._renew, [zset, leases], [lease_id, expires_ms]))
+        command = self._renew.command([zset, leases], [lease_id, expires_ms])
+        return bool(await self._call(self._renew, command))
 
     async def scope_usage(self, team: str, scopes: list[ScopeLimit]) -> dict[str, ScopeUsage]:
         fields = [f"{s.counter}|{f}" for s in scopes for f in ("sn", "st", "rn", "rt", "dn", "rq")]
